@@ -1,0 +1,1 @@
+"""Datasets: generation, checks and registration with detectron2."""

@@ -1,0 +1,155 @@
+"""Resolve a spec's ``data`` section into concrete COCO files, before any worker starts.
+
+Driver side, pure Python: it finds (or generates) the json files and image folders, counts the
+images that survive detectron2's empty-annotation filter (the epoch plan needs that count) and
+reads the class names. Workers register the same files with detectron2 (``register.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from orchestrator.errors import InputError
+from orchestrator.spec import DatasetSpec, JobSpec
+
+__all__ = [
+    "ResolvedDataset",
+    "ResolvedData",
+    "KNOWN_DATASETS",
+    "resolve_data",
+    "count_usable_images",
+]
+
+# Registered detectron2 names we can locate on disk, relative to $DETECTRON2_DATASETS.
+KNOWN_DATASETS: dict[str, tuple[str, str]] = {
+    "coco_2017_train": ("coco/train2017", "coco/annotations/instances_train2017.json"),
+    "coco_2017_val": ("coco/val2017", "coco/annotations/instances_val2017.json"),
+    "coco_2017_val_100": ("coco/val2017", "coco/annotations/instances_val2017_100.json"),
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class ResolvedDataset:
+    """A dataset as workers will register it: detectron2 name, json file, image folder."""
+
+    name: str
+    json_file: str
+    image_root: str
+    builtin: bool = False
+
+    @property
+    def exists(self) -> bool:
+        return Path(self.json_file).is_file() and Path(self.image_root).is_dir()
+
+
+@dataclass(frozen=True, kw_only=True)
+class ResolvedData:
+    """Train and optional test datasets, the usable train image count and the class names."""
+
+    train: ResolvedDataset
+    test: ResolvedDataset | None
+    usable_images: int | None
+    class_names: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> ResolvedData:
+        test = raw.get("test")
+        return cls(
+            train=ResolvedDataset(**raw["train"]),
+            test=ResolvedDataset(**test) if test else None,
+            usable_images=raw.get("usable_images"),
+            class_names=tuple(raw["class_names"]),
+        )
+
+
+def _load_json(path: Path) -> dict[str, Any]:
+    try:
+        with path.open(encoding="utf-8") as f:
+            raw = json.load(f)
+    except (OSError, json.JSONDecodeError) as exc:
+        raise InputError(f"{path}: cannot read COCO json: {exc}") from None
+    if not isinstance(raw, dict) or "images" not in raw or "annotations" not in raw:
+        raise InputError(f"{path}: not a COCO instances file (needs 'images' and 'annotations')")
+    return raw
+
+
+def count_usable_images(coco: dict[str, Any]) -> int:
+    """Images with at least one non-crowd annotation: what detectron2 keeps for training."""
+    with_objects = {a["image_id"] for a in coco["annotations"] if not a.get("iscrowd", 0)}
+    return sum(1 for img in coco["images"] if img["id"] in with_objects)
+
+
+def _class_names(coco: dict[str, Any]) -> tuple[str, ...]:
+    """Category names in id order: detectron2 maps sorted ids to contiguous [0, K)."""
+    return tuple(c["name"] for c in sorted(coco.get("categories", []), key=lambda c: c["id"]))
+
+
+def _from_spec(ds: DatasetSpec, default_name: str, base: Path) -> ResolvedDataset:
+    if ds.name and ds.name in KNOWN_DATASETS:
+        root = Path(os.environ.get("DETECTRON2_DATASETS", "datasets")).resolve()
+        images, ann = KNOWN_DATASETS[ds.name]
+        return ResolvedDataset(name=ds.name, json_file=str(root / ann),
+                               image_root=str(root / images), builtin=True)
+    if ds.name:
+        known = ", ".join(KNOWN_DATASETS)
+        raise InputError(f"data: unknown dataset name '{ds.name}' (known: {known}); "
+                         "or give json_file and image_root")
+    assert ds.json_file is not None and ds.image_root is not None
+    return ResolvedDataset(name=default_name, json_file=str((base / ds.json_file).resolve()),
+                           image_root=str((base / ds.image_root).resolve()))
+
+
+def _check_exists(ds: ResolvedDataset, field: str) -> None:
+    if not Path(ds.json_file).is_file():
+        raise InputError(f"{field}: annotation file not found: {ds.json_file}")
+    if not Path(ds.image_root).is_dir():
+        raise InputError(f"{field}: image folder not found: {ds.image_root}")
+
+
+def _synthetic(spec: JobSpec, cache_root: Path, generate: bool) -> tuple[ResolvedDataset, ...]:
+    from orchestrator.data import synth
+
+    syn = spec.data.synthetic
+    assert syn is not None
+    key = f"shapes-n{syn.num_images}-s{syn.size}-seed{syn.seed}"
+    if generate:
+        made = synth.ensure(cache_root, num_images=syn.num_images, size=syn.size, seed=syn.seed)
+        splits = (made.train, made.val)
+    else:
+        root = cache_root / key
+        splits = tuple(  # type: ignore[assignment]
+            synth.SyntheticSplit(name=s, json_file=root / "annotations" / f"instances_{s}.json",
+                                 image_root=root / s, num_images=0) for s in ("train", "val"))
+    return tuple(ResolvedDataset(name=f"{key}_{s.name}", json_file=str(s.json_file),
+                                 image_root=str(s.image_root)) for s in splits)
+
+
+def resolve_data(spec: JobSpec, *, cache_root: Path, base: Path | None = None,
+                 strict: bool = True, generate: bool = True) -> ResolvedData:
+    """Find the datasets, generate the synthetic one if asked, count and name classes.
+
+    ``strict=False`` (dry runs) tolerates missing files: the count stays unknown.
+    """
+    base = base or Path.cwd()
+    test: ResolvedDataset | None
+    if spec.data.synthetic is not None:
+        train, test = _synthetic(spec, cache_root, generate)
+    else:
+        assert spec.data.train is not None
+        train = _from_spec(spec.data.train, f"{spec.name}_train", base)
+        test = _from_spec(spec.data.test, f"{spec.name}_test", base) if spec.data.test else None
+    for ds, field in ((train, "data.train"), (test, "data.test")):
+        if ds is not None and strict:
+            _check_exists(ds, field)
+    if not Path(train.json_file).is_file():
+        return ResolvedData(train=train, test=test, usable_images=None, class_names=())
+    coco = _load_json(Path(train.json_file))
+    return ResolvedData(train=train, test=test, usable_images=count_usable_images(coco),
+                        class_names=_class_names(coco))

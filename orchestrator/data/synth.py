@@ -1,0 +1,432 @@
+"""Deterministic synthetic COCO instance-segmentation dataset of coloured shapes.
+
+Why it exists: smoke tests, demos and benchmarks need a real instance-segmentation dataset
+that can be produced offline, in seconds, byte-identically for a given seed, so that training
+runs are reproducible and the generated files can be cached and shared between processes.
+
+Pure numpy + Pillow on purpose: generating data must never pull in torch, detectron2 or Ray.
+"""
+
+from __future__ import annotations
+
+import colorsys
+import errno
+import json
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from PIL import Image
+
+__all__ = ["CLASSES", "SyntheticDataset", "SyntheticSplit", "ensure", "generate"]
+
+CLASSES: tuple[str, ...] = ("circle", "square", "triangle", "star")
+
+# Bump whenever the generated content changes, so stale caches are not silently reused.
+_FORMAT_VERSION = 1
+# Base hue per class (red, green, blue, yellow): colour is a cue, jittered so it is not the only one.
+_BASE_HUES: tuple[float, ...] = (0.0, 0.33, 0.61, 0.14)
+_HUE_JITTER = 0.03
+# (vertex count, radius pattern) of each class, in CLASSES order; a star alternates outer/inner.
+_SHAPE_SPECS: tuple[tuple[int, tuple[float, ...]], ...] = (
+    (24, (1.0,)),
+    (4, (1.0,)),
+    (3, (1.0,)),
+    (10, (1.0, 0.4)),
+)
+_MIN_EXTENT, _MAX_EXTENT = 0.15, 0.45  # shape diameter as a fraction of the image side
+_MIN_VISIBLE = 0.6  # fraction of its own area every instance keeps after occlusion
+_MAX_PLACEMENT_ATTEMPTS = 30
+_NOISE_SIGMA = 8.0
+
+Mask = npt.NDArray[np.bool_]
+Polygon = npt.NDArray[np.float64]
+Pixels = npt.NDArray[np.uint8]
+
+
+@dataclass(frozen=True, kw_only=True)
+class SyntheticSplit:
+    """One split on disk, exactly what ``register_coco_instances`` needs."""
+
+    name: str
+    json_file: Path
+    image_root: Path
+    num_images: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class SyntheticDataset:
+    """A generated dataset: its root directory and its two splits."""
+
+    root: Path
+    train: SyntheticSplit
+    val: SyntheticSplit
+
+
+@dataclass(frozen=True)
+class _Shape:
+    """One drawn instance; ``mask`` is the full shape, before later shapes occlude it."""
+
+    category_id: int
+    polygon: Polygon
+    mask: Mask
+    colour: tuple[int, int, int]
+
+
+def generate(
+    out_dir: Path,
+    *,
+    num_images: int,
+    size: int,
+    seed: int,
+    val_fraction: float = 0.2,
+    max_instances: int = 4,
+    overwrite: bool = False,
+) -> SyntheticDataset:
+    """Write the dataset to ``out_dir`` atomically, or reuse it if already there.
+
+    Everything is built in a temporary sibling directory and renamed into place at the end,
+    so a crash never leaves a half-written dataset behind. An existing ``out_dir`` generated
+    with identical parameters is returned as is (the cache path); anything else there raises
+    ``FileExistsError`` unless ``overwrite`` is true.
+    """
+    out_dir = Path(out_dir)
+    params = _parameters(
+        num_images=num_images,
+        size=size,
+        seed=seed,
+        val_fraction=val_fraction,
+        max_instances=max_instances,
+    )
+    existing = _existing(out_dir, params, overwrite=overwrite)
+    if existing is not None:
+        return existing
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
+    try:
+        staging.chmod(0o755)  # mkdtemp makes it 0700; a shared cache must stay readable
+        _write_dataset(staging, params)
+        return _publish(staging, out_dir, params, overwrite=overwrite)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def ensure(cache_root: Path, *, num_images: int, size: int, seed: int) -> SyntheticDataset:
+    """Return the cached dataset for these parameters, generating it on first use.
+
+    Safe under concurrency: racing processes each build a private copy and the losers of the
+    final rename simply use the winner's copy.
+    """
+    name = f"shapes-n{num_images}-s{size}-seed{seed}"
+    return generate(Path(cache_root) / name, num_images=num_images, size=size, seed=seed)
+
+
+# --------------------------------------------------------------------------- parameters & cache
+
+
+def _parameters(
+    *, num_images: int, size: int, seed: int, val_fraction: float, max_instances: int
+) -> dict[str, Any]:
+    """Validate the arguments up front and return them as the manifest's cache key."""
+    if size < 32:
+        raise ValueError(f"size must be >= 32, got {size}")
+    if num_images < 2:
+        raise ValueError(f"num_images must be >= 2, got {num_images}")
+    if max_instances < 1:
+        raise ValueError(f"max_instances must be >= 1, got {max_instances}")
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
+    if not 0.0 <= val_fraction <= 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1], got {val_fraction}")
+    num_val = max(1, round(num_images * val_fraction))
+    if num_images - num_val < 1:
+        raise ValueError(
+            f"val_fraction={val_fraction} leaves no training images out of "
+            f"num_images={num_images}"
+        )
+    return {
+        "format_version": _FORMAT_VERSION,
+        "num_images": num_images,
+        "size": size,
+        "seed": seed,
+        "val_fraction": val_fraction,
+        "max_instances": max_instances,
+        "num_train": num_images - num_val,
+        "num_val": num_val,
+    }
+
+
+def _existing(out_dir: Path, params: dict[str, Any], *, overwrite: bool) -> SyntheticDataset | None:
+    """Reuse a matching dataset; refuse to clobber anything else unless asked to."""
+    if not os.path.lexists(out_dir):
+        return None
+    manifest = _read_manifest(out_dir)
+    if manifest is not None and manifest.get("parameters") == params:
+        return _dataset(out_dir, params)
+    if overwrite:
+        return None
+    raise FileExistsError(
+        f"{out_dir} exists but was not generated with these parameters {params}; "
+        "pass overwrite=True to replace it"
+    )
+
+
+def _read_manifest(root: Path) -> dict[str, Any] | None:
+    """Return the manifest, or None when absent or unreadable (i.e. not our dataset)."""
+    try:
+        manifest = json.loads((root / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return manifest if isinstance(manifest, dict) else None
+
+
+def _dataset(root: Path, params: dict[str, Any]) -> SyntheticDataset:
+    """Describe the on-disk layout; the one place that knows where each split lives."""
+
+    def split(name: str) -> SyntheticSplit:
+        return SyntheticSplit(
+            name=name,
+            json_file=root / "annotations" / f"instances_{name}.json",
+            image_root=root / name,
+            num_images=int(params[f"num_{name}"]),
+        )
+
+    return SyntheticDataset(root=root, train=split("train"), val=split("val"))
+
+
+def _publish(
+    staging: Path, out_dir: Path, params: dict[str, Any], *, overwrite: bool
+) -> SyntheticDataset:
+    """Move the finished staging directory into place in one rename."""
+    if overwrite and os.path.lexists(out_dir):
+        _swap_in(staging, out_dir)
+        return _dataset(out_dir, params)
+    try:
+        os.rename(staging, out_dir)
+    except OSError as exc:
+        if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+            raise
+        # Lost a race with a concurrent generator: use its copy if it matches ours.
+        winner = _existing(out_dir, params, overwrite=False)
+        if winner is None:
+            raise
+        return winner
+    return _dataset(out_dir, params)
+
+
+def _swap_in(staging: Path, out_dir: Path) -> None:
+    """Replace an existing ``out_dir``, restoring the old one if the final rename fails.
+
+    POSIX cannot rename over a non-empty directory, so the old one is first moved aside;
+    ``out_dir`` is briefly absent, but never half-written.
+    """
+    trash = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.old-"))
+    os.rename(out_dir, trash / "old")
+    try:
+        os.rename(staging, out_dir)
+    except BaseException:
+        os.rename(trash / "old", out_dir)
+        raise
+    finally:
+        shutil.rmtree(trash, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _write_dataset(root: Path, params: dict[str, Any]) -> None:
+    """Write both splits and, last, the manifest that marks the dataset as complete."""
+    rngs = np.random.default_rng(params["seed"]).spawn(params["num_images"])
+    split_rngs = {"train": rngs[: params["num_train"]], "val": rngs[params["num_train"] :]}
+    (root / "annotations").mkdir()
+    for name, image_rngs in split_rngs.items():
+        coco = _write_split(root / name, name, image_rngs, params)
+        _write_json(root / "annotations" / f"instances_{name}.json", coco)
+    manifest = {"classes": list(CLASSES), "parameters": params}
+    _write_json(root / "manifest.json", manifest)
+
+
+def _write_split(
+    image_dir: Path, name: str, rngs: list[np.random.Generator], params: dict[str, Any]
+) -> dict[str, Any]:
+    """Render and save one split's images; return its COCO document."""
+    image_dir.mkdir()
+    size = params["size"]
+    images: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
+    for image_id, rng in enumerate(rngs, start=1):
+        file_name = f"{image_id:06d}.png"
+        pixels, shapes = _render_image(rng, size, params["max_instances"])
+        _save_png(pixels, image_dir / file_name)
+        images.append({"id": image_id, "file_name": file_name, "width": size, "height": size})
+        for shape, area in shapes:
+            ann_id = len(annotations) + 1
+            annotations.append(_annotation(ann_id, image_id, shape, area, size))
+    return _coco_document(name, images, annotations, params)
+
+
+def _annotation(
+    ann_id: int, image_id: int, shape: _Shape, area: int, size: int
+) -> dict[str, Any]:
+    """COCO record: full-shape polygon, but the *visible* area, so occlusion is reflected."""
+    x0, y0 = np.clip(shape.polygon.min(axis=0), 0, size)
+    x1, y1 = np.clip(shape.polygon.max(axis=0), 0, size)
+    bbox = [float(x0), float(y0), float(x1 - x0), float(y1 - y0)]
+    return {
+        "id": ann_id,
+        "image_id": image_id,
+        "category_id": shape.category_id,
+        "segmentation": [[float(v) for v in shape.polygon.ravel()]],
+        "area": area,
+        "bbox": [round(v, 2) for v in bbox],
+        "iscrowd": 0,
+    }
+
+
+def _coco_document(
+    split: str,
+    images: list[dict[str, Any]],
+    annotations: list[dict[str, Any]],
+    params: dict[str, Any],
+) -> dict[str, Any]:
+    """Assemble the COCO ``instances`` file; no dates, so output is byte-reproducible."""
+    categories = [
+        {"id": i, "name": name, "supercategory": "shape"} for i, name in enumerate(CLASSES, 1)
+    ]
+    info = {
+        "description": f"Synthetic coloured shapes, {split} split",
+        "version": str(_FORMAT_VERSION),
+        "parameters": params,
+    }
+    return {
+        "info": info,
+        "licenses": [],
+        "images": images,
+        "annotations": annotations,
+        "categories": categories,
+    }
+
+
+def _write_json(path: Path, document: dict[str, Any]) -> None:
+    """Sorted keys and fixed separators keep the bytes identical across runs."""
+    text = json.dumps(document, sort_keys=True, separators=(",", ":"))
+    path.write_text(text + "\n", encoding="utf-8")
+
+
+def _save_png(pixels: Pixels, path: Path) -> None:
+    """Pillow writes no tIME chunk by default, so equal pixels give equal bytes."""
+    Image.fromarray(pixels).save(path, format="PNG")
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def _render_image(
+    rng: np.random.Generator, size: int, max_instances: int
+) -> tuple[Pixels, list[tuple[_Shape, int]]]:
+    """Place 1..max_instances shapes, paint them in order and return (pixels, shapes+areas)."""
+    count = int(rng.integers(1, max_instances + 1))
+    shapes: list[_Shape] = []
+    for _ in range(count):
+        shape = _place_shape(rng, size, shapes)
+        if shape is not None:
+            shapes.append(shape)
+    canvas = _background(rng, size)
+    for shape in shapes:
+        canvas[shape.mask] = shape.colour
+    canvas += rng.normal(0.0, _NOISE_SIGMA, size=canvas.shape)
+    pixels = np.clip(np.rint(canvas), 0, 255).astype(np.uint8)
+    visible = _visible_masks([shape.mask for shape in shapes])
+    return pixels, [(shape, int(mask.sum())) for shape, mask in zip(shapes, visible, strict=True)]
+
+
+def _place_shape(rng: np.random.Generator, size: int, placed: list[_Shape]) -> _Shape | None:
+    """Draw random shapes until one keeps every instance >= 60% visible (or give up)."""
+    for _ in range(_MAX_PLACEMENT_ATTEMPTS):
+        candidate = _random_shape(rng, size)
+        masks = [shape.mask for shape in placed] + [candidate.mask]
+        full = [int(mask.sum()) for mask in masks]
+        seen = [int(mask.sum()) for mask in _visible_masks(masks)]
+        if full[-1] > 0 and all(v >= _MIN_VISIBLE * f for v, f in zip(seen, full, strict=True)):
+            return candidate
+    return None
+
+
+def _random_shape(rng: np.random.Generator, size: int) -> _Shape:
+    """A random class, extent, rotation and colour, centred so the shape fits in the image."""
+    index = int(rng.integers(len(CLASSES)))
+    radius = size * rng.uniform(_MIN_EXTENT, _MAX_EXTENT) / 2.0
+    centre = rng.uniform(radius + 1.0, size - 1.0 - radius, size=2)
+    angle = rng.uniform(0.0, 2.0 * math.pi)
+    polygon = _shape_polygon(index, centre, radius, angle, size)
+    return _Shape(
+        category_id=index + 1,
+        polygon=polygon,
+        mask=_rasterise(polygon, size),
+        colour=_colour(rng, index),
+    )
+
+
+def _shape_polygon(
+    index: int, centre: npt.NDArray[np.float64], radius: float, angle: float, size: int
+) -> Polygon:
+    """Regular polygon (or star) vertices, rounded to 2 decimals exactly as written to json."""
+    count, radii = _SHAPE_SPECS[index]
+    steps = np.arange(count)
+    theta = angle + 2.0 * math.pi * steps / count
+    r = radius * np.asarray(radii)[steps % len(radii)]
+    points = np.stack([centre[0] + r * np.cos(theta), centre[1] + r * np.sin(theta)], axis=1)
+    return np.round(np.clip(points, 0.0, float(size)), 2)
+
+
+def _rasterise(polygon: Polygon, size: int) -> Mask:
+    """Even-odd test at pixel centres (COCO convention: pixel i spans [i, i+1)).
+
+    Sampling centres rather than Pillow's outline-inclusive fill keeps the area unbiased, so
+    ``area`` agrees with what pycocotools rasterises from the same polygon.
+    """
+    (x0, y0), (x1, y1) = np.floor(polygon.min(axis=0)), np.ceil(polygon.max(axis=0))
+    xs = np.arange(int(x0), int(x1)) + 0.5
+    ys = np.arange(int(y0), int(y1)) + 0.5
+    inside = np.zeros((ys.size, xs.size), dtype=bool)
+    for (ax, ay), (bx, by) in zip(polygon, np.roll(polygon, -1, axis=0), strict=True):
+        if ay == by:
+            continue  # a horizontal edge never crosses a row of centres
+        crosses = (ay > ys) != (by > ys)
+        x_at_row = ax + (ys - ay) * (bx - ax) / (by - ay)
+        inside ^= crosses[:, None] & (xs[None, :] < x_at_row[:, None])
+    mask = np.zeros((size, size), dtype=bool)
+    mask[int(y0) : int(y1), int(x0) : int(x1)] = inside
+    return mask
+
+
+def _visible_masks(masks: list[Mask]) -> list[Mask]:
+    """What remains of each mask once every later (on top) mask is painted over it."""
+    visible: list[Mask] = []
+    covered = np.zeros_like(masks[0]) if masks else np.zeros((0, 0), dtype=bool)
+    for mask in reversed(masks):
+        visible.append(mask & ~covered)
+        covered = covered | mask
+    return visible[::-1]
+
+
+def _colour(rng: np.random.Generator, index: int) -> tuple[int, int, int]:
+    """Class hue plus jitter in hue, saturation and brightness."""
+    hue = (_BASE_HUES[index] + rng.uniform(-_HUE_JITTER, _HUE_JITTER)) % 1.0
+    saturation = rng.uniform(0.45, 1.0)
+    value = rng.uniform(0.55, 1.0)
+    red, green, blue = colorsys.hsv_to_rgb(hue, saturation, value)
+    return (round(red * 255), round(green * 255), round(blue * 255))
+
+
+def _background(rng: np.random.Generator, size: int) -> npt.NDArray[np.float64]:
+    """Grey-ish canvas with a slight random tint; per-pixel noise is added after painting."""
+    grey = rng.uniform(90.0, 170.0)
+    tint = rng.uniform(-12.0, 12.0, size=3)
+    return np.broadcast_to(grey + tint, (size, size, 3)).astype(np.float64)

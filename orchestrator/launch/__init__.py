@@ -1,0 +1,1 @@
+"""Driver side: start Ray (embedded or remote), launch Ray Train, follow progress."""

@@ -1,0 +1,106 @@
+"""Run a job's workers on Ray Train: a local Ray started here, or one already running."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import warnings
+from typing import Any
+
+from rich.console import Console
+
+from orchestrator.errors import InputError, JobFailedError
+from orchestrator.job import WorkerJob
+from orchestrator.launch.progress import ProgressFollower
+from orchestrator.spec import JobSpec
+
+__all__ = ["check_local_resources", "run_on_ray", "ray_run_name"]
+
+logger = logging.getLogger(__name__)
+
+# Quiet, test-friendly defaults that users can still override from the environment.
+_RAY_ENV = {
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+}
+
+
+def ray_run_name(job: WorkerJob) -> str:
+    """One Ray Train run per MLflow run: re-submitting starts fresh, never resumes by accident."""
+    return f"{job.spec.name}-{job.run_id[:8]}"
+
+
+def check_local_resources(spec: JobSpec) -> None:
+    """Refuse (exit 2) what a local Ray could never schedule, instead of waiting forever."""
+    res = spec.resources
+    if res.gpus_per_worker <= 0:
+        return
+    import torch
+
+    have = torch.cuda.device_count()
+    need = res.workers * res.gpus_per_worker
+    if need > have:
+        raise InputError(
+            f"resources: {res.workers} workers x {res.gpus_per_worker:g} GPUs need {need:g} "
+            f"GPUs but this machine has {have}; set resources.gpus_per_worker=0 for CPU "
+            "or submit to a cluster with --address"
+        )
+
+
+def _init_ray(job: WorkerJob, verbose: bool) -> None:
+    import ray
+
+    for key, value in _RAY_ENV.items():
+        os.environ.setdefault(key, value)
+    res = job.spec.resources
+    num_cpus = math.ceil(job.spec.run.num_cpus or 0) or max(os.cpu_count() or 1,
+                                            math.ceil(res.workers * res.cpus_per_worker))
+    try:
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
+                 log_to_driver=verbose, logging_level=logging.WARNING)
+    except Exception as exc:
+        raise JobFailedError(f"could not start the embedded Ray: {exc}") from exc
+
+
+def _trainer(job: WorkerJob, queue: Any) -> Any:
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    with warnings.catch_warnings():
+        # detectron2/fvcore import noise (torch.jit deprecations) is not the user's concern.
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from orchestrator.training.worker import train_loop_per_worker
+
+    res = job.spec.resources
+    resources = {"CPU": res.cpus_per_worker}
+    if res.gpus_per_worker > 0:
+        resources["GPU"] = res.gpus_per_worker
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={**job.to_config(), "progress_queue": queue},
+        scaling_config=ScalingConfig(num_workers=res.workers, use_gpu=res.gpus_per_worker > 0,
+                                     resources_per_worker=resources),
+        run_config=RunConfig(name=ray_run_name(job), storage_path=job.spec.run.storage_path,
+                             failure_config=FailureConfig(max_failures=job.spec.run.max_failures)),
+        torch_config=TorchConfig(backend=job.plan.backend),
+    )
+
+
+def run_on_ray(job: WorkerJob, *, console: Console, verbose: bool = False) -> None:
+    """Start Ray, train with one worker per ``resources.workers``, follow progress, shut down."""
+    import ray
+    from ray.util.queue import Queue
+
+    _init_ray(job, verbose)
+    try:
+        queue = Queue(maxsize=1000)
+        trainer = _trainer(job, queue)
+        with ProgressFollower(queue, console, job.plan.max_iter):
+            try:
+                trainer.fit()
+            except Exception as exc:
+                raise JobFailedError(f"training failed: {exc}") from exc
+    finally:
+        ray.shutdown()

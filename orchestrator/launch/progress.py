@@ -1,0 +1,81 @@
+"""Show training progress on the driver while ``fit()`` blocks.
+
+Rank 0 puts small records (iteration, ETA, losses) on a Ray queue; a daemon thread here reads
+them and draws a rich progress bar on a terminal, or prints a line every few seconds otherwise
+(CI logs, pipes), so long runs are never silent.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+__all__ = ["ProgressFollower", "format_record"]
+
+
+def format_record(record: dict[str, Any]) -> str:
+    """``iter 40/200  eta 0:02:13  total_loss 1.234  loss_cls 0.456`` for one record."""
+    eta = record.get("eta_s")
+    eta_text = time.strftime("%H:%M:%S", time.gmtime(eta)) if eta is not None else "-"
+    losses = "  ".join(f"{k} {v:.3f}" for k, v in record.get("losses", {}).items())
+    return f"iter {record['iter']}/{record['max_iter']}  eta {eta_text}  {losses}".rstrip()
+
+
+class ProgressFollower:
+    """Context manager: follow ``queue`` until exit. ``last`` holds the latest record."""
+
+    def __init__(self, queue: Any, console: Console, max_iter: int,
+                 line_every_s: float = 10.0) -> None:
+        self._queue = queue
+        self._console = console
+        self._max_iter = max_iter
+        self._line_every = line_every_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="progress", daemon=True)
+        self.last: dict[str, Any] | None = None
+
+    def __enter__(self) -> ProgressFollower:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _records(self) -> Any:
+        while not self._stop.is_set():
+            try:
+                yield self._queue.get(timeout=0.5)
+            except Exception:  # ray.util.queue.Empty, or the queue actor is gone  # noqa: BLE001
+                continue
+
+    def _run(self) -> None:
+        if self._console.is_terminal:
+            self._run_bar()
+        else:
+            self._run_lines()
+
+    def _run_bar(self) -> None:
+        columns = (TextColumn("training"), BarColumn(), MofNCompleteColumn(),
+                   TimeElapsedColumn(), TextColumn("{task.description}"))
+        with Progress(*columns, console=self._console, transient=False) as bar:
+            task = bar.add_task("starting workers...", total=self._max_iter)
+            for record in self._records():
+                self.last = record
+                bar.update(task, completed=record["iter"],
+                           description=format_record(record).split("  ", 1)[-1])
+
+    def _run_lines(self) -> None:
+        shown, shown_iter = 0.0, -1
+        for record in self._records():
+            self.last = record
+            if record["iter"] == shown_iter:
+                continue
+            done = record["iter"] >= record["max_iter"]
+            if done or time.monotonic() - shown >= self._line_every:
+                self._console.print(format_record(record), highlight=False, soft_wrap=True)
+                shown, shown_iter = time.monotonic(), record["iter"]

@@ -1,0 +1,145 @@
+"""``orchestrator submit``: validate, pre-flight the data, plan, track, launch, report.
+
+The driver owns the MLflow run: it creates it before Ray starts and sets its final status in
+every outcome (FINISHED, FAILED, or KILLED on Ctrl-C), so no run is ever left RUNNING.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+import orchestrator
+from orchestrator.data.catalog import ResolvedData, resolve_data
+from orchestrator.errors import InputError, JobFailedError
+from orchestrator.job import WorkerJob
+from orchestrator.models import PROJECT_ROOT, SUPPORTED_ARCHS, resolve_model_config
+from orchestrator.plan import ScalingPlan, make_plan
+from orchestrator.spec import JobSpec
+from orchestrator.tracking.run import RunTracker, default_tracking_uri, flatten, git_commit
+
+__all__ = ["SubmitOutcome", "Prepared", "prepare", "submit", "FINAL_METRICS"]
+
+FINAL_METRICS = ("bbox/AP", "bbox/AP50", "segm/AP", "segm/AP50")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Prepared:
+    """A spec checked against the disk: paths made absolute, data found, plan computed."""
+
+    spec: JobSpec
+    data: ResolvedData
+    plan: ScalingPlan
+    config_file: Path
+
+
+@dataclass(kw_only=True)
+class SubmitOutcome:
+    plan: ScalingPlan
+    run_id: str | None = None
+    status: str = "DRY_RUN"
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def _absolute(spec: JobSpec, workdir: Path) -> JobSpec:
+    """Relative run paths are relative to where submit runs; workers run elsewhere."""
+    run = spec.run
+    storage = run.storage_path
+    if "://" not in storage:
+        storage = str((workdir / storage).resolve())
+    output = str((workdir / run.output_dir).resolve())
+    tracking = spec.tracking.tracking_uri or default_tracking_uri(workdir)
+    return spec.model_copy(update={
+        "run": run.model_copy(update={"storage_path": storage, "output_dir": output}),
+        "tracking": spec.tracking.model_copy(update={"tracking_uri": tracking}),
+    })
+
+
+def prepare(spec: JobSpec, *, workdir: Path | None = None, strict: bool = True) -> Prepared:
+    """Everything short of starting Ray; raises InputError naming what is wrong."""
+    workdir = (workdir or Path.cwd()).resolve()
+    if spec.model.arch not in SUPPORTED_ARCHS:
+        raise InputError(f"model.arch: '{spec.model.arch}' is not available yet "
+                         f"(available: {', '.join(sorted(SUPPORTED_ARCHS))})")
+    config_file = resolve_model_config(spec.model.config, workdir)
+    spec = _absolute(spec, workdir)
+    data = resolve_data(spec, cache_root=workdir / ".orchestrator" / "datasets", base=workdir,
+                        strict=strict)
+    return Prepared(spec=spec, data=data, plan=make_plan(spec, data.usable_images),
+                    config_file=config_file)
+
+
+def plan_table(prepared: Prepared) -> Table:
+    table = Table(title=f"scaling plan: {prepared.spec.name}", show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    for key, value in prepared.plan.describe():
+        table.add_row(key, value)
+    table.add_row("model", f"{prepared.spec.model.arch} ({prepared.config_file.name})")
+    for label, ds in (("train data", prepared.data.train), ("test data", prepared.data.test)):
+        if ds is not None:
+            found = "" if ds.exists else f" [yellow](not found: {ds.json_file})[/]"
+            table.add_row(label, f"{ds.name}{found}")
+    table.add_row("classes", str(len(prepared.data.class_names) or "-"))
+    return table
+
+
+def _start_run(prepared: Prepared) -> RunTracker:
+    spec = prepared.spec
+    assert spec.tracking.tracking_uri is not None
+    tags = {
+        "model": spec.model.arch,
+        "dataset": prepared.data.train.name,
+        "workers": str(prepared.plan.workers),
+        "device": prepared.plan.device,
+        "git_commit": git_commit(PROJECT_ROOT),
+        "orchestrator_version": orchestrator.__version__,
+        "job": spec.name,
+        **spec.tags,
+    }
+    tracker = RunTracker.create(tracking_uri=spec.tracking.tracking_uri,
+                                experiment=spec.tracking.experiment,
+                                run_name=spec.tracking.run_name or spec.name, tags=tags)
+    try:
+        tracker.log_params({**prepared.plan.as_params(),
+                            **flatten(spec.model_dump(mode="json"), "spec.")})
+        tracker.log_dict_yaml(spec.resolved_yaml(), "job.yaml")
+    except BaseException:
+        tracker.finish("FAILED")
+        raise
+    return tracker
+
+
+def _worker_job(prepared: Prepared, tracker: RunTracker) -> WorkerJob:
+    spec = prepared.spec
+    output = Path(spec.run.output_dir) / f"{spec.name}-{tracker.run_id[:8]}"
+    return WorkerJob(spec=spec, plan=prepared.plan, data=prepared.data,
+                     config_file=str(prepared.config_file), output_dir=str(output),
+                     run_id=tracker.run_id, tracking_uri=tracker.tracking_uri)
+
+
+def submit(prepared: Prepared, *, console: Console, verbose: bool = False) -> SubmitOutcome:
+    """Create the MLflow run, train on the embedded Ray, and close the run in every outcome."""
+    from orchestrator.launch.embedded import check_local_resources, run_on_ray
+
+    check_local_resources(prepared.spec)
+    tracker = _start_run(prepared)
+    job = _worker_job(prepared, tracker)
+    console.print(f"MLflow run {tracker.run_id} in {tracker.tracking_uri}")
+    try:
+        tracker.set_tags({"ray_run_name": job.output_dir.rsplit("/", 1)[-1]})
+        run_on_ray(job, console=console, verbose=verbose)
+    except (KeyboardInterrupt, SystemExit):
+        tracker.finish("KILLED")
+        raise
+    except BaseException as exc:
+        tracker.finish("FAILED")
+        if isinstance(exc, InputError | JobFailedError):
+            raise
+        raise JobFailedError(f"job failed: {exc}") from exc
+    tracker.finish("FINISHED")
+    return SubmitOutcome(plan=prepared.plan, run_id=tracker.run_id, status="FINISHED",
+                         metrics=tracker.metrics())

@@ -1,0 +1,298 @@
+"""Job specs: typed, validated documents from ``jobs/*.yaml`` plus ``key.path=value`` overrides.
+
+Pure Python and pydantic only (no torch, detectron2 or ray), so ``orchestrator validate`` and
+``submit --dry-run`` answer at once. pydantic does the validation; this module adds loading,
+overrides and error messages that name the file, the field path and a likely fix.
+
+Every iteration count in a spec (``max_iter``, ``warmup_iters``, step iterations, periods) is
+given at ``solver.reference_batch``. The plan (``orchestrator.plan``) rescales them to the real
+batch, so changing the worker count changes nothing else in a spec.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from orchestrator.errors import InputError
+
+__all__ = [
+    "ModelSpec",
+    "SyntheticSpec",
+    "DatasetSpec",
+    "DataSpec",
+    "ResourcesSpec",
+    "SolverSpec",
+    "EvalSpec",
+    "TrackingSpec",
+    "RunSpec",
+    "JobSpec",
+    "load_spec",
+    "parse_spec",
+    "apply_overrides",
+    "find_specs",
+]
+
+PositiveInt = Annotated[int, Field(ge=1)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
+
+
+class _Strict(BaseModel):
+    """Unknown keys are errors; assignments are validated too."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelSpec(_Strict):
+    """Which detectron2 model to build and from what."""
+
+    arch: Literal["mask_rcnn", "blendmask", "condinst"] = Field(
+        description="Meta-architecture family; selects the add_*_config function."
+    )
+    config: str = Field(
+        description="detectron2 yaml config: a path (relative to the working directory or the "
+        "project root) or 'zoo:<path>' for detectron2's model zoo."
+    )
+    weights: str = Field("", description="Initial weights (.pth/.pkl path or URL); '' = random.")
+    opts: list[Any] = Field(
+        default_factory=list,
+        description="detectron2 KEY VALUE overrides, applied after the config file.",
+    )
+
+    @model_validator(mode="after")
+    def _opts_are_pairs(self) -> ModelSpec:
+        if len(self.opts) % 2:
+            raise ValueError(
+                f"opts must be KEY VALUE pairs, got an odd number of items: {self.opts}"
+            )
+        return self
+
+
+class SyntheticSpec(_Strict):
+    """The generated shapes set (``orchestrator data synth``), made on demand and cached."""
+
+    num_images: int = Field(200, ge=2, description="Images in total (train + val).")
+    size: int = Field(128, ge=32, description="Image side in pixels.")
+    seed: int = Field(0, description="Same seed, same dataset.")
+
+
+class DatasetSpec(_Strict):
+    """A COCO-format dataset: a json file and its image folder, or a registered name."""
+
+    name: str | None = Field(None, description="Registered name, e.g. coco_2017_train.")
+    json_file: Path | None = Field(None, description="COCO instances json.")
+    image_root: Path | None = Field(None, description="Folder the json's file_name are under.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DatasetSpec:
+        has_files = self.json_file is not None or self.image_root is not None
+        if self.name and has_files:
+            raise ValueError("give either name or json_file + image_root, not both")
+        if not self.name and (self.json_file is None or self.image_root is None):
+            raise ValueError("give a registered name, or both json_file and image_root")
+        return self
+
+
+class DataSpec(_Strict):
+    """Training and evaluation data: generated, or a train/test pair of datasets."""
+
+    synthetic: SyntheticSpec | None = None
+    train: DatasetSpec | None = None
+    test: DatasetSpec | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DataSpec:
+        if self.synthetic is not None and (self.train or self.test):
+            raise ValueError("give either synthetic or train/test datasets, not both")
+        if self.synthetic is None and self.train is None:
+            raise ValueError("give synthetic: {...} or a train dataset")
+        return self
+
+
+class ResourcesSpec(_Strict):
+    """Workers (one per GPU) and what each one gets."""
+
+    workers: PositiveInt = Field(1, description="Ray Train workers (processes).")
+    gpus_per_worker: float = Field(0, ge=0, description="0 = CPU with gloo; >0 = CUDA with NCCL.")
+    cpus_per_worker: float = Field(1, gt=0, description="CPUs Ray reserves per worker.")
+    ims_per_worker: PositiveInt = Field(2, description="Images per worker per iteration.")
+
+
+class SolverSpec(_Strict):
+    """The reference recipe; the plan scales it to the actual total batch."""
+
+    reference_lr: float = Field(gt=0, description="LR of the recipe at reference_batch.")
+    reference_batch: PositiveInt = Field(16, description="Total batch the recipe was tuned for.")
+    max_iter: PositiveInt | None = Field(None, description="Iterations at reference_batch.")
+    epochs: float | None = Field(None, gt=0, description="Passes over the usable train images.")
+    steps: list[float] = Field(default_factory=list, description="LR decay points.")
+    steps_unit: Literal["fraction", "iter", "epoch"] = Field(
+        "fraction", description="How steps are given: fraction of the schedule, iters, epochs."
+    )
+    gamma: float = Field(0.1, gt=0, description="LR multiplier at each step.")
+    warmup_iters: NonNegativeInt = Field(1000, description="Linear warmup at reference_batch.")
+    warmup_factor: float = Field(0.001, gt=0, le=1)
+    weight_decay: float = Field(0.0001, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    checkpoint_period: PositiveInt = Field(5000, description="Iterations at reference_batch.")
+    clip_gradients: float = Field(0.0, ge=0, description="Max gradient norm; 0 = off.")
+
+    @model_validator(mode="after")
+    def _one_schedule(self) -> SolverSpec:
+        if (self.max_iter is None) == (self.epochs is None):
+            raise ValueError("give exactly one of max_iter or epochs")
+        if self.steps_unit == "fraction" and any(not 0 < s < 1 for s in self.steps):
+            raise ValueError(f"steps as fractions must lie in (0, 1), got {self.steps}")
+        if any(s <= 0 for s in self.steps):
+            raise ValueError(f"steps must be positive, got {self.steps}")
+        return self
+
+
+class EvalSpec(_Strict):
+    """COCO evaluation during and after training."""
+
+    enabled: bool = True
+    period: NonNegativeInt = Field(0, description="Iterations at reference_batch; 0 = end only.")
+    score_thresh: float = Field(0.05, ge=0, lt=1, description="Test-time score threshold.")
+    max_dets: PositiveInt = Field(100, description="Detections per image.")
+    chunk_bytes: PositiveInt = Field(
+        256 * 2**20, description="Memory budget for mask postprocessing per chunk (OOM safety)."
+    )
+    cpu_fallback: bool = Field(True, description="Retry a chunk on CPU after CUDA OOM.")
+
+
+class TrackingSpec(_Strict):
+    """Where the MLflow run goes."""
+
+    tracking_uri: str | None = Field(
+        None, description="MLflow tracking URI; default sqlite:///mlflow.db in the working dir."
+    )
+    experiment: str = "orchestrator"
+    run_name: str | None = Field(None, description="Default: the job name.")
+    log_period: PositiveInt = Field(20, description="Iterations between metric writes.")
+
+
+class RunSpec(_Strict):
+    """Ray-side settings of the run."""
+
+    storage_path: str = Field(
+        ".orchestrator/ray", description="Ray Train storage (local dir, NFS or s3://)."
+    )
+    output_dir: str = Field(".orchestrator/output", description="Per-run detectron2 OUTPUT_DIR.")
+    max_failures: NonNegativeInt = Field(0, description="Worker-group restarts on failure.")
+    resume: bool = False
+    num_cpus: float | None = Field(
+        None, gt=0, description="CPUs of the embedded Ray (default: enough for the workers)."
+    )
+
+
+class JobSpec(_Strict):
+    """One training job: everything ``orchestrator submit`` needs."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)
+    description: str = ""
+    tags: dict[str, str] = Field(default_factory=dict)
+    model: ModelSpec
+    data: DataSpec
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    solver: SolverSpec
+    eval: EvalSpec = Field(default_factory=EvalSpec)
+    tracking: TrackingSpec = Field(default_factory=TrackingSpec)
+    run: RunSpec = Field(default_factory=RunSpec)
+
+    def resolved_yaml(self) -> str:
+        """The spec as it will run (defaults filled, overrides applied), for saving with the run."""
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key.path=value`` overrides; values are parsed as YAML (``4``, ``[a, b]``)."""
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise InputError(f"override '{item}' is not of the form key.path=value")
+        node = raw
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise InputError(f"override '{item}': '{part}' is not a mapping in the spec")
+            node = child
+        try:  # 'key=' means the empty string, not null
+            node[parts[-1]] = yaml.safe_load(value) if value.strip() else ""
+        except yaml.YAMLError as exc:
+            raise InputError(f"override '{item}': value is not valid YAML ({exc})") from exc
+    return raw
+
+
+def _fields_at(loc: tuple[int | str, ...]) -> list[str]:
+    """Field names of the model found by walking ``loc`` down from JobSpec (for hints)."""
+    model: Any = JobSpec
+    for part in loc:
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        annotation = field.annotation
+        candidates = [annotation, *getattr(annotation, "__args__", ())]
+        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)),
+                     None)
+        if model is None:
+            return []
+    return list(getattr(model, "model_fields", {}))
+
+
+def _describe(error: Any) -> str:
+    """One line per pydantic error: field path, message, and a 'did you mean' for unknown keys."""
+    loc = tuple(error["loc"])
+    path = ".".join(str(p) for p in loc) or "(top level)"
+    message = error["msg"]
+    if error["type"] == "extra_forbidden":
+        known = _fields_at(loc[:-1])
+        close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+        hint = f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(known)}"
+        message = f"unknown key ({hint})"
+    elif error["type"] == "missing":
+        message = "required field is missing"
+    elif "input" in error and error["type"] != "value_error":
+        message = f"{message} (got {error['input']!r})"
+    return f"  {path}: {message}"
+
+
+def parse_spec(raw: Any, *, source: str = "<spec>", overrides: list[str] | None = None) -> JobSpec:
+    """Validate an already-loaded YAML document (plus overrides) into a JobSpec."""
+    if not isinstance(raw, dict):
+        raise InputError(f"{source}: a job spec must be a YAML mapping, got {type(raw).__name__}")
+    raw = apply_overrides(raw, overrides or [])
+    try:
+        return JobSpec.model_validate(raw)
+    except ValidationError as exc:
+        lines = [_describe(e) for e in exc.errors()]
+        raise InputError(f"{source}: invalid job spec\n" + "\n".join(lines)) from None
+
+
+def load_spec(path: Path, overrides: list[str] | None = None) -> JobSpec:
+    """Read, override and validate a job spec file; errors name the file, line or field."""
+    if not path.is_file():
+        raise InputError(f"{path}: job spec not found (give a path such as jobs/demo.yaml)")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise InputError(f"{path}: not valid YAML: {exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: cannot read the job spec: {exc}") from None
+    return parse_spec(raw, source=str(path), overrides=overrides)
+
+
+def find_specs(paths: list[Path]) -> list[Path]:
+    """Expand folders to every ``*.yaml``/``*.yml`` below them (recursively), sorted."""
+    found: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found.extend(sorted(p for p in path.rglob("*") if p.suffix in {".yaml", ".yml"}))
+        else:
+            found.append(path)
+    return found

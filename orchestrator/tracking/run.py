@@ -1,0 +1,125 @@
+"""The MLflow run a job owns: created by the driver, ended by the driver in every outcome.
+
+Workers only log into it (rank 0, ``tracking.writer``) with the run id the driver passes down.
+MlflowClient with explicit run ids throughout: no fluent, process-wide active run.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from orchestrator.errors import JobFailedError
+
+__all__ = [
+    "default_tracking_uri",
+    "flatten",
+    "RunTracker",
+    "git_commit",
+]
+
+_PARAM_LIMIT = 6000  # MLflow rejects longer param values
+
+
+def default_tracking_uri(workdir: Path | None = None) -> str:
+    """A sqlite store in the working directory, as an absolute URI (workers run elsewhere)."""
+    return f"sqlite:///{((workdir or Path.cwd()) / 'mlflow.db').resolve()}"
+
+
+def _artifact_root(tracking_uri: str) -> str | None:
+    """For local sqlite stores, artifacts go beside the database (not the worker's cwd)."""
+    if tracking_uri.startswith("sqlite:///"):
+        db = Path(tracking_uri.removeprefix("sqlite:///"))
+        return (db.parent / "mlruns").resolve().as_uri()
+    return None
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, str]:
+    """Nested dicts to ``a.b.c`` keys with string values, for MLflow params."""
+    if isinstance(tree, dict):
+        out: dict[str, str] = {}
+        for key, value in tree.items():
+            out.update(flatten(value, f"{prefix}{key}."))
+        return out
+    text = "" if tree is None else str(tree)
+    return {prefix.rstrip("."): text[:_PARAM_LIMIT]}
+
+
+def git_commit(path: Path) -> str:
+    """The project's commit, for the run's tags ('' outside a git checkout)."""
+    try:
+        out = subprocess.run(["git", "-C", str(path), "rev-parse", "HEAD"],
+                             capture_output=True, text=True, check=False, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return out.stdout.strip() if out.returncode == 0 else ""
+
+
+@dataclass
+class RunTracker:
+    """Driver-side handle on one MLflow run."""
+
+    tracking_uri: str
+    run_id: str
+    experiment_id: str
+
+    @property
+    def client(self) -> Any:
+        from mlflow.tracking import MlflowClient
+
+        return MlflowClient(tracking_uri=self.tracking_uri)
+
+    @classmethod
+    def create(cls, *, tracking_uri: str, experiment: str, run_name: str,
+               tags: dict[str, str]) -> RunTracker:
+        """Create (or reuse) the experiment and start a RUNNING run in it."""
+        from mlflow.exceptions import MlflowException
+        from mlflow.tracking import MlflowClient
+
+        os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+        client = MlflowClient(tracking_uri=tracking_uri)
+        try:
+            found = client.get_experiment_by_name(experiment)
+            exp_id = found.experiment_id if found else client.create_experiment(
+                experiment, artifact_location=_artifact_root(tracking_uri))
+            run = client.create_run(exp_id, run_name=run_name, tags=tags)
+        except MlflowException as exc:
+            raise JobFailedError(f"MLflow at {tracking_uri}: cannot create the run: {exc}") from exc
+        return cls(tracking_uri=tracking_uri, run_id=run.info.run_id, experiment_id=exp_id)
+
+    def log_params(self, params: dict[str, str]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, v) for k, v in params.items()]
+        for start in range(0, len(items), 100):  # MLflow's batch limit for params
+            self.client.log_batch(self.run_id, params=items[start:start + 100])
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self.client.log_text(self.run_id, text, artifact_file)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        for key, value in tags.items():
+            self.client.set_tag(self.run_id, key, value)
+
+    def finish(self, status: str) -> None:
+        """FINISHED, FAILED or KILLED: never leave the run RUNNING."""
+        self.client.set_terminated(self.run_id, status=status)
+
+    def status(self) -> str:
+        return str(self.client.get_run(self.run_id).info.status)
+
+    def metrics(self) -> dict[str, float]:
+        return dict(self.client.get_run(self.run_id).data.metrics)
+
+    def log_file(self, path: Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_dict_yaml(self, text: str, name: str) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            target = Path(tmp) / name
+            target.write_text(text, encoding="utf-8")
+            self.log_file(target)

@@ -1,0 +1,47 @@
+"""Rank 0's detectron2 ``EventWriter`` that sends every scalar to the driver's MLflow run.
+
+It writes what detectron2's ``JSONWriter`` writes to ``metrics.json`` (same names, same
+smoothing, the iteration as step), batched, so MLflow and ``metrics.json`` agree.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from detectron2.utils.events import EventWriter, get_event_storage
+
+__all__ = ["MLflowWriter"]
+
+_BATCH = 1000  # MLflow's log_batch limit for metrics
+
+
+class MLflowWriter(EventWriter):
+    """Log new scalars (those with an iteration past the last one logged) to one run."""
+
+    def __init__(self, *, tracking_uri: str, run_id: str, window_size: int = 20) -> None:
+        from mlflow.tracking import MlflowClient
+
+        self._client = MlflowClient(tracking_uri=tracking_uri)
+        self._run_id = run_id
+        self._window = window_size
+        self._last_step: dict[str, int] = {}
+
+    def _pending(self) -> list[Any]:
+        from mlflow.entities import Metric
+
+        storage = get_event_storage()
+        now = int(time.time() * 1000)
+        pending = []
+        for name, (value, step) in storage.latest_with_smoothing_hint(self._window).items():
+            if step <= self._last_step.get(name, -1):
+                continue
+            pending.append(Metric(key=name, value=float(value), timestamp=now, step=int(step)))
+        return pending
+
+    def write(self) -> None:
+        pending = self._pending()
+        for start in range(0, len(pending), _BATCH):
+            self._client.log_batch(self._run_id, metrics=pending[start:start + _BATCH])
+        for metric in pending:
+            self._last_step[metric.key] = metric.step

@@ -1,0 +1,1 @@
+"""What runs inside a Ray Train worker: cfg, process groups, trainer, hooks."""

@@ -1,0 +1,69 @@
+"""Build the worker's detectron2 cfg: model config + opts, then the plan, data and device."""
+
+from __future__ import annotations
+
+from detectron2.config import CfgNode, get_cfg
+
+from orchestrator.job import WorkerJob
+from orchestrator.models.arch import get_arch
+
+__all__ = ["build_cfg", "apply_plan"]
+
+
+def _set(cfg: CfgNode, dotted: str, value: object) -> None:
+    node = cfg
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        node = node[part]
+    node[leaf] = value
+
+
+def apply_plan(cfg: CfgNode, job: WorkerJob) -> None:
+    """Solver numbers come from the plan only; detectron2's own rescaling is switched off."""
+    plan, solver = job.plan, job.spec.solver
+    cfg.SOLVER.IMS_PER_BATCH = plan.total_batch
+    cfg.SOLVER.BASE_LR = plan.base_lr
+    cfg.SOLVER.MAX_ITER = plan.max_iter
+    cfg.SOLVER.STEPS = plan.steps
+    cfg.SOLVER.GAMMA = solver.gamma
+    cfg.SOLVER.WARMUP_ITERS = plan.warmup_iters
+    cfg.SOLVER.WARMUP_FACTOR = solver.warmup_factor
+    cfg.SOLVER.WEIGHT_DECAY = solver.weight_decay
+    cfg.SOLVER.MOMENTUM = solver.momentum
+    cfg.SOLVER.CHECKPOINT_PERIOD = plan.checkpoint_period
+    cfg.SOLVER.REFERENCE_WORLD_SIZE = 0
+    cfg.SOLVER.CLIP_GRADIENTS.ENABLED = solver.clip_gradients > 0
+    if solver.clip_gradients > 0:
+        cfg.SOLVER.CLIP_GRADIENTS.CLIP_TYPE = "norm"
+        cfg.SOLVER.CLIP_GRADIENTS.CLIP_VALUE = solver.clip_gradients
+    cfg.TEST.EVAL_PERIOD = plan.eval_period
+
+
+def _apply_data(cfg: CfgNode, job: WorkerJob) -> None:
+    cfg.DATASETS.TRAIN = (job.data.train.name,)
+    test = job.data.test if job.spec.eval.enabled else None
+    cfg.DATASETS.TEST = (test.name,) if test else ()
+    arch = get_arch(job.spec.model.arch)
+    if job.data.class_names:
+        for key in arch.num_classes_keys:
+            _set(cfg, key, len(job.data.class_names))
+    for key in arch.score_thresh_keys:
+        _set(cfg, key, job.spec.eval.score_thresh)
+    cfg.TEST.DETECTIONS_PER_IMAGE = job.spec.eval.max_dets
+
+
+def build_cfg(job: WorkerJob, device: str) -> CfgNode:
+    """The frozen cfg a worker trains with, identical on every rank."""
+    cfg = get_cfg()
+    arch = get_arch(job.spec.model.arch)
+    if arch.add_config is not None:
+        arch.add_config(cfg)
+    cfg.merge_from_file(job.config_file)
+    cfg.merge_from_list(list(job.spec.model.opts))
+    apply_plan(cfg, job)
+    _apply_data(cfg, job)
+    cfg.MODEL.WEIGHTS = job.spec.model.weights
+    cfg.MODEL.DEVICE = device
+    cfg.OUTPUT_DIR = job.output_dir
+    cfg.freeze()
+    return cfg

@@ -1,0 +1,71 @@
+"""Cross-cutting worker behaviour as detectron2 hooks and writers: progress and artifacts."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from detectron2.engine import HookBase
+from detectron2.utils.events import EventWriter, get_event_storage
+
+__all__ = ["ProgressWriter", "ArtifactHook", "progress_record"]
+
+_SHOWN_LOSSES = ("total_loss", "loss_cls", "loss_box_reg", "loss_mask", "loss_fcos_cls",
+                 "loss_fcos_loc", "loss_fcos_ctr", "loss_basis_sem")
+
+
+def progress_record(storage: Any, max_iter: int) -> dict[str, Any]:
+    """Iteration, ETA and the main losses, as the driver's progress display wants them."""
+    latest = storage.latest()
+    losses = {k: float(latest[k][0]) for k in _SHOWN_LOSSES if k in latest}
+    done = min(storage.iter + 1, max_iter)  # after training, storage.iter == max_iter
+    eta = None
+    if "time" in storage.histories():
+        eta = storage.history("time").median(100) * (max_iter - done)
+    return {"iter": done, "max_iter": max_iter, "eta_s": eta, "losses": losses,
+            "time": time.time()}
+
+
+class ProgressWriter(EventWriter):
+    """Rank 0 pushes a small progress record to the driver's queue (never blocks training)."""
+
+    def __init__(self, queue: Any, max_iter: int) -> None:
+        self._queue = queue
+        self._max_iter = max_iter
+
+    def write(self) -> None:
+        record = progress_record(get_event_storage(), self._max_iter)
+        try:
+            self._queue.put_nowait(record)
+        except Exception:  # a full or gone queue must not stop training  # noqa: BLE001
+            pass
+
+
+class ArtifactHook(HookBase):
+    """After training, rank 0 sends config, metrics, evaluation results and the final
+    checkpoint to the MLflow run."""
+
+    def __init__(self, *, tracking_uri: str, run_id: str, output_dir: str) -> None:
+        self._tracking_uri = tracking_uri
+        self._run_id = run_id
+        self._output = Path(output_dir)
+
+    def _log(self, client: Any, path: Path, artifact_path: str | None = None) -> None:
+        if path.is_file():
+            client.log_artifact(self._run_id, str(path), artifact_path)
+
+    def after_train(self) -> None:
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri=self._tracking_uri)
+        results = getattr(self.trainer, "_last_eval_results", None)
+        if results:
+            path = self._output / "evaluation.json"
+            path.write_text(json.dumps(results, indent=2, default=float), encoding="utf-8")
+            self._log(client, path)
+        for name in ("config.yaml", "metrics.json"):
+            self._log(client, self._output / name)
+        if self.trainer.iter + 1 >= self.trainer.max_iter:
+            self._log(client, self._output / "model_final.pth", "checkpoints")

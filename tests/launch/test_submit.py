@@ -1,0 +1,89 @@
+"""``orchestrator submit`` for real: local Ray, 2 gloo workers, detectron2, a sqlite MLflow."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+from typer.testing import CliRunner
+
+from orchestrator.cli import app
+from tests.conftest import TINY_JOB, write_spec
+
+runner = CliRunner()
+
+
+def only_run(workdir: Path):  # type: ignore[no-untyped-def]
+    client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert len(runs) == 1
+    return client, runs[0]
+
+
+def test_two_workers_train_and_mlflow_records_everything(workdir: Path) -> None:
+    job = write_spec(workdir / "tiny.yaml", TINY_JOB)
+    result = runner.invoke(app, ["submit", str(job)])
+    assert result.exit_code == 0, result.output
+    client, run = only_run(workdir)
+    assert run.info.status == "FINISHED"
+    assert f"MLflow run id: {run.info.run_id}" in result.output
+    assert "iter 6/6" in result.output  # progress reached the end
+    params = run.data.params
+    assert (params["workers"], params["total_batch"], params["max_iter"]) == ("2", "2", "6")
+    assert params["backend"] == "gloo" and float(params["base_lr"]) == pytest.approx(0.01)
+    assert params["spec.model.arch"] == "mask_rcnn"
+    assert run.data.tags["model"] == "mask_rcnn" and run.data.tags["workers"] == "2"
+    history = client.get_metric_history(run.info.run_id, "total_loss")
+    steps = [m.step for m in history]
+    assert steps == sorted(set(steps)) and steps[-1] == 5 and len(steps) >= 3
+    for name in ("loss_cls", "loss_mask", "lr", "time", "bbox/AP", "segm/AP"):
+        assert name in run.data.metrics, name
+    artifacts = workdir / "mlruns" / run.info.run_id / "artifacts"
+    for name in ("job.yaml", "config.yaml", "metrics.json", "evaluation.json",
+                 "checkpoints/model_final.pth"):
+        assert (artifacts / name).is_file(), name
+    assert "segm/AP" in result.output
+
+
+def test_worker_failure_marks_the_run_failed(workdir: Path) -> None:
+    job = write_spec(workdir / "tiny.yaml", TINY_JOB)
+    result = runner.invoke(app, ["submit", str(job), "resources.workers=1",
+                                 "model.opts=[MODEL.NO_SUCH_KEY, 1]"])
+    assert result.exit_code == 1, result.output
+    assert "training failed" in result.output and "NO_SUCH_KEY" in result.output
+    assert only_run(workdir)[1].info.status == "FAILED"
+
+
+def test_ray_start_failure_exits_1_and_marks_the_run_failed(
+        workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    blocker = workdir / "not-a-dir"
+    blocker.write_text("", encoding="utf-8")
+    monkeypatch.setenv("RAY_TMPDIR", str(blocker / "ray"))
+    job = write_spec(workdir / "tiny.yaml", TINY_JOB)
+    result = runner.invoke(app, ["submit", str(job)])
+    assert result.exit_code == 1, result.output
+    assert "could not start the embedded Ray" in result.output
+    assert only_run(workdir)[1].info.status == "FAILED"
+
+
+def test_ctrl_c_marks_the_run_killed(workdir: Path) -> None:
+    job = write_spec(workdir / "tiny.yaml", TINY_JOB.replace("max_iter: 6", "max_iter: 500"))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "orchestrator", "submit", str(job)],
+                            cwd=workdir, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 300
+    for line in proc.stdout:  # wait until training is under way
+        if line.startswith("iter ") or time.monotonic() > deadline:
+            break
+    proc.send_signal(signal.SIGINT)
+    rest, _ = proc.communicate(timeout=120)
+    assert proc.returncode != 0, rest
+    assert only_run(workdir)[1].info.status == "KILLED"

@@ -1,0 +1,94 @@
+"""The command line through Typer's runner: exit codes, messages, and nothing left behind."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from orchestrator.cli import app
+from tests.conftest import REPO, TINY_JOB, write_spec
+
+runner = CliRunner()
+
+
+def invoke(*args: str):  # type: ignore[no-untyped-def]
+    return runner.invoke(app, list(args))
+
+
+def test_help_explains_commands() -> None:
+    result = invoke("--help")
+    assert result.exit_code == 0
+    for command in ("submit", "validate", "data"):
+        assert command in result.output
+    assert "--dry-run" in invoke("submit", "--help").output
+
+
+def test_validate_default_checks_every_job(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(REPO)
+    result = invoke("validate")
+    assert result.exit_code == 0, result.output
+    assert "jobs/demo.yaml" in result.output and "jobs/mask_rcnn.yaml" in result.output
+
+
+def test_validate_fails_on_any_invalid_spec(workdir: Path) -> None:
+    (workdir / "jobs" / "nested").mkdir(parents=True)
+    write_spec(workdir / "jobs" / "good.yaml", TINY_JOB)
+    write_spec(workdir / "jobs" / "nested" / "bad.yaml", TINY_JOB.replace("max_iter", "maxiter"))
+    result = invoke("validate")
+    assert result.exit_code == 2
+    assert "nested/bad.yaml" in result.output
+    assert "solver.maxiter: unknown key (did you mean 'max_iter'?)" in result.output
+    assert "1 of 2 job specs are invalid" in result.output
+
+
+def test_dry_run_prints_the_plan(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(REPO)
+    result = invoke("submit", "jobs/mask_rcnn.yaml", "--dry-run", "resources.workers=16")
+    assert result.exit_code == 0, result.output
+    assert "32 (reference 16, scale 2)" in result.output
+    assert "0.04 (reference 0.02)" in result.output
+    assert "45000 iters" in result.output
+    assert "nothing started" in result.output
+
+
+@pytest.mark.parametrize(("spec_text", "extra", "message"), [
+    (None, [], "job spec not found"),
+    ("name: [oops\n", [], "not valid YAML"),
+    (TINY_JOB.replace("reference_lr", "referense_lr"), [], "did you mean 'reference_lr'"),
+    (TINY_JOB, ["resources.workers=0"], "resources.workers"),
+    (TINY_JOB.replace("synthetic: {num_images: 12, size: 64, seed: 1}",
+                      "train: {json_file: nope.json, image_root: imgs}"), [],
+     "annotation file not found"),
+    (TINY_JOB, ["model.config=configs/none.yaml"], "model.config: 'configs/none.yaml' not found"),
+    (TINY_JOB, ["resources.gpus_per_worker=1"], "GPUs but this machine has 0"),
+])
+def test_bad_input_exits_2_and_leaves_no_running_run(
+        workdir: Path, spec_text: str | None, extra: list[str], message: str) -> None:
+    job = workdir / "job.yaml"
+    if spec_text is not None:
+        write_spec(job, spec_text)
+    result = invoke("submit", str(job), *extra)
+    assert result.exit_code == 2, result.output
+    assert message in " ".join(result.output.split())
+    if (workdir / "mlflow.db").exists():
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}")
+        runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+        assert all(r.info.status != "RUNNING" for r in runs)
+
+
+def test_data_synth_writes_and_refuses_to_clobber(workdir: Path) -> None:
+    result = invoke("data", "synth", "shapes", "--num-images", "6", "--size", "64")
+    assert result.exit_code == 0, result.output
+    assert (workdir / "shapes" / "annotations" / "instances_train.json").is_file()
+    again = invoke("data", "synth", "shapes", "--num-images", "7", "--size", "64")
+    assert again.exit_code == 2
+    assert "shapes" in again.output
+
+
+def test_version() -> None:
+    result = invoke("--version")
+    assert result.exit_code == 0 and result.output.startswith("orchestrator ")
