@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import Any
 
 from detectron2.config import CfgNode
+from detectron2.data import build_detection_train_loader
 from detectron2.engine import DefaultTrainer, hooks
 from detectron2.evaluation import COCOEvaluator
 from detectron2.utils.events import CommonMetricPrinter, EventWriter, JSONWriter
 
+from orchestrator.models.arch import arch_for_cfg
 from orchestrator.training.dist import ddp_for_device
 
 __all__ = ["Trainer"]
@@ -40,6 +43,13 @@ class Trainer(DefaultTrainer):
         # The C++ fast evaluator needs detectron2._C; pycocotools gives the same numbers.
         output = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
         return COCOEvaluator(dataset_name, output_dir=output, use_fast_impl=False)
+
+    @classmethod
+    def build_train_loader(cls, cfg: CfgNode) -> Any:
+        arch = arch_for_cfg(cfg)
+        if arch is None or arch.train_mapper is None:
+            return super().build_train_loader(cfg)
+        return build_detection_train_loader(cfg, mapper=arch.train_mapper(cfg))
 
     def build_writers(self) -> list[EventWriter]:
         return [
