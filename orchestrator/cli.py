@@ -6,6 +6,7 @@ Exit codes: 0 success, 2 bad input (spec, data, arguments), 1 the job failed.
 from __future__ import annotations
 
 import functools
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -68,6 +69,12 @@ def _root(
     """Train detectron2 instance-segmentation models on Ray, tracked in MLflow."""
 
 
+AddressOption = Annotated[str | None, typer.Option(
+    "--address", envvar="ORCHESTRATOR_ADDRESS",
+    help="Ray cluster Jobs API, e.g. http://127.0.0.1:8265 (forwarded by `ray dashboard`). "
+    "Default: run embedded on this machine.")]
+
+
 @app.command()
 @_exits
 def submit(
@@ -77,19 +84,31 @@ def submit(
     dry_run: Annotated[bool, typer.Option(
         "--dry-run", help="Validate, check the data, print the scaling plan; start nothing.")]
     = False,
+    address: AddressOption = None,
+    detach: Annotated[bool, typer.Option(
+        "--detach", help="With --address: print the job id and return without following.")]
+    = False,
     verbose: Annotated[bool, typer.Option(
         "--verbose", "-v", help="Show the workers' detectron2 logs.")] = False,
 ) -> None:
     """Validate JOB, check its data, print the scaling plan, then train and track it."""
-    from orchestrator.launch.submit import FINAL_METRICS, plan_table, prepare
+    from orchestrator.launch.submit import plan_table, prepare
     from orchestrator.spec import load_spec
 
     spec = load_spec(job, overrides or [])
+    if address:
+        _submit_remote(spec, address=address, detach=detach, dry_run=dry_run)
+        return
     prepared = prepare(spec, strict=not dry_run)
     console.print(plan_table(prepared))
     if dry_run:
         console.print("dry run: nothing started")
         return
+    _submit_embedded(prepared, verbose=verbose)
+
+
+def _submit_embedded(prepared: Any, *, verbose: bool) -> None:
+    from orchestrator.launch.submit import FINAL_METRICS
     from orchestrator.launch.submit import submit as run_submit
 
     started = time.monotonic()
@@ -98,6 +117,25 @@ def submit(
     summary = "  ".join(f"{k} {v:.2f}" for k, v in shown.items()) or "no evaluation metrics"
     console.print(f"finished in {time.monotonic() - started:.0f}s: {summary}")
     console.print(f"MLflow run id: {outcome.run_id}")
+
+
+def _submit_remote(spec: Any, *, address: str, detach: bool, dry_run: bool) -> None:
+    """The cluster's driver re-checks data paths (they live on the cluster), so only the
+    spec is checked here."""
+    from orchestrator.errors import JobFailedError
+    from orchestrator.launch import remote
+
+    if dry_run:
+        console.print(f"dry run: {spec.name} is valid; nothing submitted to {address}")
+        return
+    job_id = remote.submit_remote(spec, address=address, console=console)
+    if detach:
+        console.print(f"follow it with: orchestrator logs {job_id} --address {address}")
+        return
+    status = remote.follow(address, job_id, console)
+    console.print(f"Ray job {job_id}: {status}")
+    if status != "SUCCEEDED":
+        raise JobFailedError(f"Ray job {job_id} ended {status}")
 
 
 @app.command()
@@ -145,6 +183,186 @@ def data_synth(
         console.print(f"{split.name}: {split.num_images} images, {split.json_file}")
 
 
+@data_app.command("check")
+@_exits
+def data_check(
+    ann: Annotated[Path, typer.Argument(
+        metavar="ANN.json", help="COCO instances json, e.g. instances_train.json.")],
+    images: Annotated[Path, typer.Option(
+        "--images", metavar="DIR", help="Folder the json's file_name entries are relative to.")],
+    fix: Annotated[Path | None, typer.Option(
+        "--fix", help="Write a corrected copy here (never the input), then check it.")] = None,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Let --fix replace an existing file.")] = False,
+    workers: Annotated[int | None, typer.Option(
+        "--workers", min=1, help="Threads reading image headers (default: CPUs + 4, max 32).")]
+    = None,
+) -> None:
+    """Check a COCO dataset against its images; exit 2 on any error (warnings are fine)."""
+    from contextlib import ExitStack
+
+    from rich.progress import Progress
+
+    from orchestrator.data.check import check_dataset
+    from orchestrator.data.fix import fix_dataset
+
+    with ExitStack() as stack:
+        progress = None
+        if console.is_terminal:
+            bar = stack.enter_context(Progress(console=console, transient=True))
+            task = bar.add_task("reading image headers", total=None)
+            progress = lambda done, total: bar.update(task, completed=done, total=total)  # noqa: E731
+        if fix is not None:
+            summary = fix_dataset(ann, images, fix, overwrite=overwrite, workers=workers,
+                                  progress=progress)
+            console.print(summary.format(), highlight=False)
+        report = check_dataset(fix or ann, images, workers=workers, progress=progress)
+    table = console.is_terminal and report.defects  # plain text for logs and pipes
+    console.print(report.table() if table else report.format(), highlight=False)
+    if report.has_errors:
+        what = f"the fixed copy {fix} still has errors" if fix else "errors found"
+        raise InputError(f"{what}: {', '.join(d.code for d in report.errors)}; "
+                         f"to write a corrected copy run: {report.fix_command()}")
+    console.print("[green]ok[/]: no errors" + (" (see warnings above)" if report.defects else ""))
+
+
+RequiredAddress = Annotated[str, typer.Option(
+    "--address", envvar="ORCHESTRATOR_ADDRESS",
+    help="Ray cluster Jobs API, e.g. http://127.0.0.1:8265.")]
+JobId = Annotated[str, typer.Argument(help="Ray job (submission) id, as submit printed it.")]
+
+
+@app.command("status")
+@_exits
+def job_status(job_id: JobId, address: RequiredAddress) -> None:
+    """Show the state of a job submitted with --address."""
+    from orchestrator.launch.remote import jobs_client
+
+    info = jobs_client(address).get_job_info(job_id)
+    console.print(f"{job_id}: {info.status.value}  {info.message or ''}".rstrip(),
+                  highlight=False)
+
+
+@app.command("logs")
+@_exits
+def job_logs(job_id: JobId, address: RequiredAddress,
+             follow: Annotated[bool, typer.Option("--follow", "-f",
+                                                  help="Stream until the job ends.")] = False,
+             ) -> None:
+    """Print the driver output of a submitted job."""
+    from orchestrator.launch import remote
+
+    if follow:
+        remote.follow(address, job_id, console)
+    else:
+        console.out(remote.jobs_client(address).get_job_logs(job_id), end="", highlight=False)
+
+
+@app.command("stop")
+@_exits
+def job_stop(job_id: JobId, address: RequiredAddress) -> None:
+    """Stop a submitted job (its MLflow run is marked KILLED by the driver)."""
+    from orchestrator.launch.remote import jobs_client
+
+    stopped = jobs_client(address).stop_job(job_id)
+    console.print(f"{job_id}: {'stop requested' if stopped else 'already finished'}")
+
+
+@app.command("list")
+@_exits
+def job_list(address: RequiredAddress) -> None:
+    """List the jobs submitted to a cluster."""
+    from rich.table import Table
+
+    from orchestrator.launch.remote import jobs_client
+
+    table = Table("job id", "status", "orchestrator job", "entrypoint")
+    for info in jobs_client(address).list_jobs():
+        table.add_row(info.submission_id or info.job_id or "", info.status.value,
+                      (info.metadata or {}).get("orchestrator_job", ""), info.entrypoint)
+    console.print(table)
+
+
+runs_app = typer.Typer(help="MLflow runs: import reference logs, compare runs.",
+                       no_args_is_help=True)
+app.add_typer(runs_app, name="runs")
+
+TrackingUri = Annotated[str | None, typer.Option(
+    "--tracking-uri",
+    help="MLflow store. Default: sqlite:///<cwd>/mlflow.db, as submit uses.")]
+
+
+def _tracking_uri(uri: str | None) -> str:
+    from orchestrator.tracking.run import default_tracking_uri
+
+    return uri or default_tracking_uri()
+
+
+@runs_app.command("import")
+@_exits
+def runs_import(
+    file: Annotated[Path, typer.Argument(
+        help="detectron2 metrics.json or MMDetection log.json (told apart by content).")],
+    name: Annotated[str | None, typer.Option(help="Run name. Default: from the file name.")]
+    = None,
+    experiment: Annotated[str, typer.Option(help="MLflow experiment.")] = "orchestrator",
+    iters_per_epoch: Annotated[int | None, typer.Option(
+        help="MMDetection only: iterations per epoch (default: from the log).")] = None,
+    tracking_uri: TrackingUri = None,
+) -> None:
+    """Import a training log as a FINISHED MLflow run (detectron2 names, AP in percent)."""
+    from orchestrator.tracking.importer import import_log
+
+    run_id = import_log(file, tracking_uri=_tracking_uri(tracking_uri), experiment=experiment,
+                        run_name=name, iters_per_epoch=iters_per_epoch)
+    console.print(run_id, highlight=False)
+
+
+@runs_app.command("compare")
+@_exits
+def runs_compare(
+    runs: Annotated[list[str], typer.Argument(help="Run ids or run names.")],
+    plot: Annotated[Path | None, typer.Option(
+        help="Also write loss and AP curves to this PNG.")] = None,
+    tracking_uri: TrackingUri = None,
+) -> None:
+    """Show the params that differ and each metric's final (best) value, side by side."""
+    from orchestrator.tracking.compare import compare_runs
+    from orchestrator.tracking.compare_table import comparison_tables
+
+    comparison = compare_runs(runs, tracking_uri=_tracking_uri(tracking_uri))
+    for table in comparison_tables(comparison):
+        console.print(table)
+    if plot is not None:
+        console.print(f"plot: {comparison.plot(plot)}", highlight=False)
+
+
+@app.command("ui")
+@_exits
+def ui(
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5000,
+    tracking_uri: TrackingUri = None,
+) -> None:
+    """Serve the MLflow UI over the project's runs on 127.0.0.1 until Ctrl-C."""
+    from orchestrator.tracking.ui import start_ui
+
+    server = start_ui(_tracking_uri(tracking_uri), port=port)
+    try:
+        console.print(f"starting MLflow UI (log: {server.log_path}) ...", highlight=False)
+        server.wait_ready(timeout=180)
+        console.print(f"MLflow UI: {server.url}  (Ctrl-C stops it)", highlight=False)
+        server.process.wait()
+    finally:
+        server.stop()
+
+
+def _terminated(signum: int, frame: object) -> None:
+    """SIGTERM (``orchestrator stop``, Ray stopping a job) unwinds like Ctrl-C, so the driver
+    marks its MLflow run KILLED instead of dying with the run left RUNNING."""
+    raise KeyboardInterrupt
+
+
 def main() -> None:
     """Console-script entry point."""
+    signal.signal(signal.SIGTERM, _terminated)
     sys.exit(app())

@@ -188,6 +188,14 @@ class RunSpec(_Strict):
     num_cpus: float | None = Field(
         None, gt=0, description="CPUs of the embedded Ray (default: enough for the workers)."
     )
+    env: dict[str, str] = Field(
+        default_factory=dict,
+        description="Environment for the driver and every worker, e.g. NCCL_SOCKET_IFNAME, "
+        "NCCL_DEBUG.",
+    )
+    collective_timeout_s: PositiveInt = Field(
+        1800, description="Process-group timeout: a hung collective fails the attempt."
+    )
 
 
 class JobSpec(_Strict):

@@ -30,7 +30,7 @@ CLASSES: tuple[str, ...] = ("circle", "square", "triangle", "star")
 
 # Bump whenever the generated content changes, so stale caches are not silently reused.
 _FORMAT_VERSION = 1
-# Base hue per class (red, green, blue, yellow): colour is a cue, jittered so it is not the only one.
+# Base hue per class (red, green, blue, yellow): colour is a cue, jittered so not the only one.
 _BASE_HUES: tuple[float, ...] = (0.0, 0.33, 0.61, 0.14)
 _HUE_JITTER = 0.03
 # (vertex count, radius pattern) of each class, in CLASSES order; a star alternates outer/inner.
@@ -147,8 +147,7 @@ def _parameters(
     num_val = max(1, round(num_images * val_fraction))
     if num_images - num_val < 1:
         raise ValueError(
-            f"val_fraction={val_fraction} leaves no training images out of "
-            f"num_images={num_images}"
+            f"val_fraction={val_fraction} leaves no training images out of num_images={num_images}"
         )
     return {
         "format_version": _FORMAT_VERSION,
@@ -271,9 +270,7 @@ def _write_split(
     return _coco_document(name, images, annotations, params)
 
 
-def _annotation(
-    ann_id: int, image_id: int, shape: _Shape, area: int, size: int
-) -> dict[str, Any]:
+def _annotation(ann_id: int, image_id: int, shape: _Shape, area: int, size: int) -> dict[str, Any]:
     """COCO record: full-shape polygon, but the *visible* area, so occlusion is reflected."""
     x0, y0 = np.clip(shape.polygon.min(axis=0), 0, size)
     x1, y1 = np.clip(shape.polygon.max(axis=0), 0, size)

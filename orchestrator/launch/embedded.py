@@ -53,12 +53,19 @@ def _init_ray(job: WorkerJob, verbose: bool) -> None:
 
     for key, value in _RAY_ENV.items():
         os.environ.setdefault(key, value)
+    common: dict[str, Any] = {"log_to_driver": verbose, "logging_level": logging.WARNING}
+    if os.environ.get("RAY_ADDRESS"):  # a Ray job's driver: join the cluster it runs on
+        try:  # run.env already travels in the job's runtime env (remote.submit_remote)
+            ray.init(address=os.environ["RAY_ADDRESS"], **common)
+        except Exception as exc:
+            raise JobFailedError(f"could not join the Ray cluster: {exc}") from exc
+        return
     res = job.spec.resources
-    num_cpus = math.ceil(job.spec.run.num_cpus or 0) or max(os.cpu_count() or 1,
-                                            math.ceil(res.workers * res.cpus_per_worker))
+    num_cpus = math.ceil(job.spec.run.num_cpus or 0) or max(
+        os.cpu_count() or 1, math.ceil(res.workers * res.cpus_per_worker))
     try:
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
-                 log_to_driver=verbose, logging_level=logging.WARNING)
+                 runtime_env={"env_vars": dict(job.spec.run.env)}, **common)
     except Exception as exc:
         raise JobFailedError(f"could not start the embedded Ray: {exc}") from exc
 
@@ -84,7 +91,8 @@ def _trainer(job: WorkerJob, queue: Any) -> Any:
                                      resources_per_worker=resources),
         run_config=RunConfig(name=ray_run_name(job), storage_path=job.spec.run.storage_path,
                              failure_config=FailureConfig(max_failures=job.spec.run.max_failures)),
-        torch_config=TorchConfig(backend=job.plan.backend),
+        torch_config=TorchConfig(backend=job.plan.backend,
+                                 timeout_s=job.spec.run.collective_timeout_s),
     )
 
 

@@ -1,0 +1,98 @@
+"""Submit a job to a Ray cluster through the Ray Jobs API, and manage submitted jobs.
+
+The driver then runs on the cluster's head: the project code is uploaded as the job's working
+directory together with the resolved spec, and the entrypoint is ``orchestrator submit`` on
+that spec, so the cluster runs exactly the code and spec the user has locally.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shlex
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from orchestrator.errors import InputError, JobFailedError
+from orchestrator.models import PROJECT_ROOT
+from orchestrator.spec import JobSpec
+
+__all__ = ["jobs_client", "staged_project", "submit_remote", "follow", "TERMINAL"]
+
+TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+# What the cluster needs to run the driver: the package, model configs and job specs.
+_UPLOAD = ("orchestrator", "configs", "jobs", "pyproject.toml")
+SPEC_NAME = "submitted-job.yaml"
+
+
+def jobs_client(address: str) -> Any:
+    """A Jobs API client; an unreachable address is bad input (exit 2), not a job failure."""
+    from ray.job_submission import JobSubmissionClient
+
+    try:
+        return JobSubmissionClient(address)
+    except Exception as exc:
+        raise InputError(f"--address {address}: no Ray Jobs API answers there ({exc}); "
+                         "start the cluster or forward its dashboard port (8265)") from None
+
+
+@contextmanager
+def staged_project(spec: JobSpec) -> Iterator[Path]:
+    """A temporary copy of the project with the resolved spec beside it (the working dir)."""
+    with tempfile.TemporaryDirectory(prefix="orchestrator-job-") as tmp:
+        root = Path(tmp)
+        for name in _UPLOAD:
+            source = PROJECT_ROOT / name
+            if source.is_dir():
+                shutil.copytree(source, root / name,
+                                ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+            elif source.is_file():
+                shutil.copy2(source, root / name)
+        (root / SPEC_NAME).write_text(spec.resolved_yaml(), encoding="utf-8")
+        yield root
+
+
+def submit_remote(spec: JobSpec, *, address: str, console: Console,
+                  python: str = "python") -> str:
+    """Upload and start the job on the cluster; returns the submission id."""
+    client = jobs_client(address)
+    entrypoint = f"{shlex.quote(python)} -m orchestrator submit {SPEC_NAME}"
+    env = dict(spec.run.env)
+    with staged_project(spec) as root:
+        job_id = _submit_with_retry(client, address, entrypoint=entrypoint,
+                                    runtime_env={"working_dir": str(root), "env_vars": env},
+                                    metadata={"orchestrator_job": spec.name})
+    console.print(f"submitted {spec.name} as Ray job {job_id} to {address}")
+    return job_id
+
+
+def _submit_with_retry(client: Any, address: str, *, wait_s: float = 60,
+                       **job: Any) -> str:
+    """Submit, waiting out a head that is up but whose job agent is not ready yet (the
+    first minute after ``ray up``); other refusals fail at once."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return str(client.submit_job(**job))
+        except Exception as exc:
+            if "No available agent" not in str(exc) or time.monotonic() > deadline:
+                raise JobFailedError(f"the cluster at {address} refused the job: {exc}") from exc
+            time.sleep(2)
+
+
+async def _tail(client: Any, job_id: str, console: Console) -> None:
+    async for lines in client.tail_job_logs(job_id):
+        console.out(lines, end="", highlight=False)
+
+
+def follow(address: str, job_id: str, console: Console) -> str:
+    """Stream the job's driver output until it ends; returns the final status name."""
+    client = jobs_client(address)
+    asyncio.run(_tail(client, job_id, console))
+    return str(client.get_job_status(job_id).value)
