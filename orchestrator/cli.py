@@ -88,18 +88,22 @@ def submit(
     detach: Annotated[bool, typer.Option(
         "--detach", help="With --address: print the job id and return without following.")]
     = False,
+    skip_data_check: Annotated[bool, typer.Option(
+        "--skip-data-check", help="Train even if the data check finds blocking defects "
+        "(recorded as an MLflow tag).")] = False,
     verbose: Annotated[bool, typer.Option(
         "--verbose", "-v", help="Show the workers' detectron2 logs.")] = False,
 ) -> None:
     """Validate JOB, check its data, print the scaling plan, then train and track it."""
-    from orchestrator.launch.submit import plan_table, prepare
+    from orchestrator.launch.submit import check_data, plan_table, prepare
     from orchestrator.spec import load_spec
 
     spec = load_spec(job, overrides or [])
     if address:
         _submit_remote(spec, address=address, detach=detach, dry_run=dry_run)
         return
-    prepared = prepare(spec, strict=not dry_run)
+    prepared = check_data(prepare(spec, strict=not dry_run), skip=skip_data_check,
+                          console=console)
     console.print(plan_table(prepared))
     if dry_run:
         console.print("dry run: nothing started")

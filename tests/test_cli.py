@@ -92,3 +92,30 @@ def test_data_synth_writes_and_refuses_to_clobber(workdir: Path) -> None:
 def test_version() -> None:
     result = invoke("--version")
     assert result.exit_code == 0 and result.output.startswith("orchestrator ")
+
+
+def _broken_dataset(workdir: Path) -> Path:
+    """A synthetic set whose first image claims the wrong size (SizeMismatchError in training)."""
+    import json
+
+    from orchestrator.data import synth
+
+    made = synth.generate(workdir / "shapes", num_images=6, size=64, seed=0)
+    doc = json.loads(made.train.json_file.read_text(encoding="utf-8"))
+    doc["images"][0]["width"] = 99
+    made.train.json_file.write_text(json.dumps(doc), encoding="utf-8")
+    spec = TINY_JOB.replace(
+        "synthetic: {num_images: 12, size: 64, seed: 1}",
+        f"train: {{json_file: {made.train.json_file}, image_root: {made.train.image_root}}}")
+    return write_spec(workdir / "job.yaml", spec)
+
+
+def test_submit_refuses_a_dataset_with_blocking_defects(workdir: Path) -> None:
+    job = _broken_dataset(workdir)
+    result = invoke("submit", str(job), "--dry-run")
+    assert result.exit_code == 2, result.output
+    assert "data check failed" in result.output and "--skip-data-check" in result.output
+    assert not (workdir / "mlflow.db").exists()
+    skipped = invoke("submit", str(job), "--dry-run", "--skip-data-check")
+    assert skipped.exit_code == 0, skipped.output
+    assert "data check skipped" in skipped.output

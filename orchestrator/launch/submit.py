@@ -21,7 +21,7 @@ from orchestrator.plan import ScalingPlan, make_plan
 from orchestrator.spec import JobSpec
 from orchestrator.tracking.run import RunTracker, default_tracking_uri, flatten, git_commit
 
-__all__ = ["SubmitOutcome", "Prepared", "prepare", "submit", "FINAL_METRICS"]
+__all__ = ["SubmitOutcome", "Prepared", "prepare", "check_data", "submit", "FINAL_METRICS"]
 
 FINAL_METRICS = ("bbox/AP", "bbox/AP50", "segm/AP", "segm/AP50")
 
@@ -34,6 +34,7 @@ class Prepared:
     data: ResolvedData
     plan: ScalingPlan
     config_file: Path
+    data_check: str = "not run"
 
 
 @dataclass(kw_only=True)
@@ -72,6 +73,26 @@ def prepare(spec: JobSpec, *, workdir: Path | None = None, strict: bool = True) 
                     config_file=config_file)
 
 
+def check_data(prepared: Prepared, *, skip: bool, console: Console) -> Prepared:
+    """Pre-flight every dataset file before anything starts; blocking defects exit 2.
+
+    Warnings (images without annotations, crowd regions) are shown and training goes on.
+    """
+    from dataclasses import replace
+
+    from orchestrator.data.check import preflight, raise_for_errors
+
+    if skip:
+        console.print("[yellow]data check skipped (--skip-data-check)[/]")
+        return replace(prepared, data_check="skipped")
+    reports = preflight(prepared.data)
+    for report in reports:
+        if report.warnings and not report.has_errors:
+            console.print(report.format(), highlight=False)
+    raise_for_errors(reports)
+    return replace(prepared, data_check="passed" if reports else "no data files")
+
+
 def plan_table(prepared: Prepared) -> Table:
     table = Table(title=f"scaling plan: {prepared.spec.name}", show_header=False)
     table.add_column(style="bold")
@@ -98,6 +119,7 @@ def _start_run(prepared: Prepared) -> RunTracker:
         "git_commit": git_commit(PROJECT_ROOT),
         "orchestrator_version": orchestrator.__version__,
         "job": spec.name,
+        "data_check": prepared.data_check,
         **spec.tags,
     }
     tracker = RunTracker.create(tracking_uri=spec.tracking.tracking_uri,

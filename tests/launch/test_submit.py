@@ -39,6 +39,7 @@ def test_two_workers_train_and_mlflow_records_everything(workdir: Path) -> None:
     assert params["backend"] == "gloo" and float(params["base_lr"]) == pytest.approx(0.01)
     assert params["spec.model.arch"] == "mask_rcnn"
     assert run.data.tags["model"] == "mask_rcnn" and run.data.tags["workers"] == "2"
+    assert run.data.tags["data_check"] == "passed"
     history = client.get_metric_history(run.info.run_id, "total_loss")
     steps = [m.step for m in history]
     assert steps == sorted(set(steps)) and steps[-1] == 5 and len(steps) >= 3
