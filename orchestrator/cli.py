@@ -88,6 +88,9 @@ def submit(
     detach: Annotated[bool, typer.Option(
         "--detach", help="With --address: print the job id and return without following.")]
     = False,
+    resume: Annotated[str | None, typer.Option(
+        "--resume", metavar="RUN_ID", help="Continue a stopped or failed run (same MLflow run) "
+        "from its latest checkpoint.")] = None,
     skip_data_check: Annotated[bool, typer.Option(
         "--skip-data-check", help="Train even if the data check finds blocking defects "
         "(recorded as an MLflow tag).")] = False,
@@ -108,15 +111,15 @@ def submit(
     if dry_run:
         console.print("dry run: nothing started")
         return
-    _submit_embedded(prepared, verbose=verbose)
+    _submit_embedded(prepared, verbose=verbose, resume=resume)
 
 
-def _submit_embedded(prepared: Any, *, verbose: bool) -> None:
+def _submit_embedded(prepared: Any, *, verbose: bool, resume: str | None) -> None:
     from orchestrator.launch.submit import FINAL_METRICS
     from orchestrator.launch.submit import submit as run_submit
 
     started = time.monotonic()
-    outcome = run_submit(prepared, console=console, verbose=verbose)
+    outcome = run_submit(prepared, console=console, verbose=verbose, resume=resume)
     shown = {k: outcome.metrics[k] for k in FINAL_METRICS if k in outcome.metrics}
     summary = "  ".join(f"{k} {v:.2f}" for k, v in shown.items()) or "no evaluation metrics"
     console.print(f"finished in {time.monotonic() - started:.0f}s: {summary}")

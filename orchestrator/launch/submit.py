@@ -6,6 +6,7 @@ every outcome (FINISHED, FAILED, or KILLED on Ctrl-C), so no run is ever left RU
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,7 +53,8 @@ def _absolute(spec: JobSpec, workdir: Path) -> JobSpec:
     if "://" not in storage:
         storage = str((workdir / storage).resolve())
     output = str((workdir / run.output_dir).resolve())
-    tracking = spec.tracking.tracking_uri or default_tracking_uri(workdir)
+    tracking = (spec.tracking.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+                or default_tracking_uri(workdir))
     return spec.model_copy(update={
         "run": run.model_copy(update={"storage_path": storage, "output_dir": output}),
         "tracking": spec.tracking.model_copy(update={"tracking_uri": tracking}),
@@ -143,12 +145,28 @@ def _worker_job(prepared: Prepared, tracker: RunTracker) -> WorkerJob:
                      run_id=tracker.run_id, tracking_uri=tracker.tracking_uri)
 
 
-def submit(prepared: Prepared, *, console: Console, verbose: bool = False) -> SubmitOutcome:
-    """Create the MLflow run, train on the embedded Ray, and close the run in every outcome."""
+def _resume_run(prepared: Prepared, run_id: str) -> RunTracker:
+    """Reopen a stopped run: same MLflow run, same Ray run name, so Ray Train continues from
+    the run's latest checkpoint in ``run.storage_path``."""
+    spec = prepared.spec
+    assert spec.tracking.tracking_uri is not None
+    tracker = RunTracker.reopen(tracking_uri=spec.tracking.tracking_uri, run_id=run_id)
+    tags = tracker.tags()
+    if tags.get("job") != spec.name:
+        raise InputError(f"--resume {run_id}: that run belongs to job '{tags.get('job')}', "
+                         f"not '{spec.name}'; resume it with its own spec")
+    tracker.set_tags({"resumed": "true"})
+    return tracker
+
+
+def submit(prepared: Prepared, *, console: Console, verbose: bool = False,
+           resume: str | None = None) -> SubmitOutcome:
+    """Create (or, with ``resume``, reopen) the MLflow run, train on Ray, and close the run in
+    every outcome."""
     from orchestrator.launch.embedded import check_local_resources, run_on_ray
 
     check_local_resources(prepared.spec)
-    tracker = _start_run(prepared)
+    tracker = _resume_run(prepared, resume) if resume else _start_run(prepared)
     job = _worker_job(prepared, tracker)
     console.print(f"MLflow run {tracker.run_id} in {tracker.tracking_uri}")
     try:

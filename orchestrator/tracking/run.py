@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from orchestrator.errors import JobFailedError
+from orchestrator.errors import InputError, JobFailedError
 
 __all__ = [
     "default_tracking_uri",
@@ -90,6 +90,26 @@ class RunTracker:
         except MlflowException as exc:
             raise JobFailedError(f"MLflow at {tracking_uri}: cannot create the run: {exc}") from exc
         return cls(tracking_uri=tracking_uri, run_id=run.info.run_id, experiment_id=exp_id)
+
+    @classmethod
+    def reopen(cls, *, tracking_uri: str, run_id: str) -> RunTracker:
+        """An existing run, set RUNNING again (``submit --resume``)."""
+        from mlflow.exceptions import MlflowException
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri=tracking_uri)
+        try:
+            run = client.get_run(run_id)
+        except MlflowException:
+            raise InputError(f"--resume {run_id}: no such MLflow run in {tracking_uri}") from None
+        if run.info.status == "RUNNING":
+            raise InputError(f"--resume {run_id}: the run is still RUNNING; stop it first")
+        client.update_run(run_id, status="RUNNING")
+        return cls(tracking_uri=tracking_uri, run_id=run_id,
+                   experiment_id=run.info.experiment_id)
+
+    def tags(self) -> dict[str, str]:
+        return dict(self.client.get_run(self.run_id).data.tags)
 
     def log_params(self, params: dict[str, str]) -> None:
         from mlflow.entities import Param

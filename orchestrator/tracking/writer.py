@@ -25,7 +25,14 @@ class MLflowWriter(EventWriter):
         self._client = MlflowClient(tracking_uri=tracking_uri)
         self._run_id = run_id
         self._window = window_size
-        self._last_step: dict[str, int] = {}
+        self._last_step = self._logged_steps()
+
+    def _logged_steps(self) -> dict[str, int]:
+        """Last step of every metric the run already has: after a restart from a checkpoint,
+        replayed iterations are not logged twice (MLflow would keep both rows)."""
+        keys = self._client.get_run(self._run_id).data.metrics
+        return {key: max(m.step for m in self._client.get_metric_history(self._run_id, key))
+                for key in keys}
 
     def _pending(self) -> list[Any]:
         from mlflow.entities import Metric

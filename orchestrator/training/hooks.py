@@ -3,14 +3,28 @@
 from __future__ import annotations
 
 import json
+import logging
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import HookBase
+from detectron2.utils import comm
 from detectron2.utils.events import EventWriter, get_event_storage
 
-__all__ = ["ProgressWriter", "ArtifactHook", "progress_record"]
+__all__ = [
+    "ProgressWriter",
+    "ArtifactHook",
+    "RayCheckpointHook",
+    "progress_record",
+    "restore_from_ray",
+]
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_FILE = "model.pth"
 
 _SHOWN_LOSSES = ("total_loss", "loss_cls", "loss_box_reg", "loss_mask", "loss_fcos_cls",
                  "loss_fcos_loc", "loss_fcos_ctr", "loss_basis_sem")
@@ -69,3 +83,45 @@ class ArtifactHook(HookBase):
             self._log(client, self._output / name)
         if self.trainer.iter + 1 >= self.trainer.max_iter:
             self._log(client, self._output / "model_final.pth", "checkpoints")
+
+
+class RayCheckpointHook(HookBase):
+    """Every checkpoint period and after the last iteration, every rank calls
+    ``ray.train.report`` (it is a barrier); rank 0 attaches a checkpoint of the model and the
+    trainer state (iteration, scheduler, optimizer), so Ray can restart the group from it."""
+
+    def __init__(self, period: int) -> None:
+        self._period = period
+
+    def after_step(self) -> None:
+        done = self.trainer.iter + 1
+        if done % self._period == 0 or done >= self.trainer.max_iter:
+            self._report(self.trainer.iter)
+
+    def _report(self, iteration: int) -> None:
+        import ray.train
+
+        metrics = {"iteration": iteration}
+        if not comm.is_main_process():
+            ray.train.report(metrics)
+            return
+        with tempfile.TemporaryDirectory(prefix="d2ckpt-") as tmp:
+            saver = DetectionCheckpointer(self.trainer.model, tmp, trainer=self.trainer)
+            saver.save(CHECKPOINT_FILE.removesuffix(".pth"))
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
+                             checkpoint_dir_name=f"iter_{iteration:07d}")
+
+
+def restore_from_ray(trainer: Any) -> bool:
+    """Continue from Ray Train's latest checkpoint, if this attempt is a restart (or a
+    resumed run). Every rank loads it. Returns whether a checkpoint was loaded."""
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return False
+    with checkpoint.as_directory() as folder:
+        trainer.checkpointer.load(str(Path(folder) / CHECKPOINT_FILE))
+    trainer.start_iter = trainer.iter + 1
+    logger.info("restored from Ray checkpoint at iteration %d", trainer.iter)
+    return True

@@ -60,3 +60,23 @@ def test_writer_logs_scalars_with_iterations_once(workdir: Path) -> None:
     ap = client.get_metric_history(tracker.run_id, "segm/AP")
     assert [(m.step, m.value) for m in ap] == [(4, 12.5)]
     tracker.finish("FINISHED")
+
+
+def test_a_restarted_writer_does_not_log_replayed_steps_again(workdir: Path) -> None:
+    """The first attempt logs 0-3 and dies; the restart resumes from the iteration-1
+    checkpoint, so iterations 2-3 replay: they must not be logged twice."""
+    from detectron2.utils.events import EventStorage
+
+    uri = default_tracking_uri()
+    tracker = RunTracker.create(tracking_uri=uri, experiment="w", run_name="r", tags={})
+    for attempt in (range(0, 4), range(2, 8)):
+        writer = MLflowWriter(tracking_uri=uri, run_id=tracker.run_id, window_size=1)
+        with EventStorage(start_iter=attempt.start) as storage:
+            for it in attempt:
+                storage.iter = it
+                storage.put_scalar("total_loss", float(it))
+                writer.write()
+    client = MlflowClient(tracking_uri=uri)
+    steps = [m.step for m in client.get_metric_history(tracker.run_id, "total_loss")]
+    assert steps == list(range(8))
+    tracker.finish("FINISHED")
