@@ -105,6 +105,10 @@ def submit(
     if address:
         _submit_remote(spec, address=address, detach=detach, dry_run=dry_run)
         return
+    if spec.sweep:
+        _submit_sweep(spec, dry_run=dry_run, resume=resume, skip_data_check=skip_data_check,
+                      verbose=verbose)
+        return
     prepared = check_data(prepare(spec, strict=not dry_run), skip=skip_data_check,
                           console=console)
     console.print(plan_table(prepared))
@@ -124,6 +128,29 @@ def _submit_embedded(prepared: Any, *, verbose: bool, resume: str | None) -> Non
     summary = "  ".join(f"{k} {v:.2f}" for k, v in shown.items()) or "no evaluation metrics"
     console.print(f"finished in {time.monotonic() - started:.0f}s: {summary}")
     console.print(f"MLflow run id: {outcome.run_id}")
+
+
+def _submit_sweep(spec: Any, *, dry_run: bool, resume: str | None, skip_data_check: bool,
+                  verbose: bool) -> None:
+    from rich.table import Table
+
+    from orchestrator.launch.submit import FINAL_METRICS
+    from orchestrator.launch.sweep import plan_sweep, run_sweep
+
+    if resume:
+        raise InputError("--resume continues one run: resume a sweep's child run with a spec "
+                         "that has no sweep (its job.yaml artifact)")
+    if dry_run:
+        count = len(plan_sweep(spec, console=console, skip_data_check=skip_data_check))
+        console.print(f"dry run: sweep of {count} trainings; nothing started")
+        return
+    outcome = run_sweep(spec, console=console, verbose=verbose, skip_data_check=skip_data_check)
+    table = Table("assignment", "run id", *FINAL_METRICS, title="sweep results")
+    for assignment, child in outcome.children:
+        table.add_row(str(assignment), child.run_id or "",
+                      *(f"{child.metrics.get(k, float('nan')):.2f}" for k in FINAL_METRICS))
+    console.print(table)
+    console.print(f"MLflow parent run id: {outcome.parent_run_id}")
 
 
 def _submit_remote(spec: Any, *, address: str, detach: bool, dry_run: bool) -> None:

@@ -11,7 +11,9 @@ batch, so changing the worker count changes nothing else in a spec.
 
 from __future__ import annotations
 
+import copy
 import difflib
+import itertools
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -34,6 +36,7 @@ __all__ = [
     "load_spec",
     "parse_spec",
     "apply_overrides",
+    "expand_sweep",
     "find_specs",
 ]
 
@@ -211,10 +214,27 @@ class JobSpec(_Strict):
     eval: EvalSpec = Field(default_factory=EvalSpec)
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
     run: RunSpec = Field(default_factory=RunSpec)
+    sweep: dict[str, Annotated[list[Any], Field(min_length=1)]] = Field(
+        default_factory=dict,
+        description="field path -> values; submit trains every combination as child runs of "
+        "one parent run, e.g. {resources.workers: [1, 2], solver.reference_lr: [0.01, 0.02]}.",
+    )
 
     def resolved_yaml(self) -> str:
         """The spec as it will run (defaults filled, overrides applied), for saving with the run."""
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def _set_path(raw: dict[str, Any], key: str, value: Any, what: str) -> None:
+    """Set ``a.b.c`` in nested dicts, creating missing levels (pydantic judges them after)."""
+    node = raw
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise InputError(f"{what}: '{part}' is not a mapping in the spec")
+        node = child
+    node[parts[-1]] = value
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -223,18 +243,33 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise InputError(f"override '{item}' is not of the form key.path=value")
-        node = raw
-        parts = key.strip().split(".")
-        for part in parts[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise InputError(f"override '{item}': '{part}' is not a mapping in the spec")
-            node = child
         try:  # 'key=' means the empty string, not null
-            node[parts[-1]] = yaml.safe_load(value) if value.strip() else ""
+            parsed = yaml.safe_load(value) if value.strip() else ""
         except yaml.YAMLError as exc:
             raise InputError(f"override '{item}': value is not valid YAML ({exc})") from exc
+        _set_path(raw, key, parsed, f"override '{item}'")
     return raw
+
+
+def expand_sweep(spec: JobSpec) -> list[tuple[dict[str, Any], JobSpec]]:
+    """Every combination of ``spec.sweep`` as (assignment, spec without sweep), in order.
+
+    A spec without a sweep expands to itself. Each child is validated like a spec of its own,
+    so a bad sweep key or value fails at load time with the combination named.
+    """
+    if not spec.sweep:
+        return [({}, spec)]
+    base = spec.model_dump(mode="json")
+    base.pop("sweep")
+    keys = list(spec.sweep)
+    children = []
+    for values in itertools.product(*(spec.sweep[k] for k in keys)):
+        assignment = dict(zip(keys, values, strict=True))
+        raw = copy.deepcopy(base)
+        for key, value in assignment.items():
+            _set_path(raw, key, value, f"sweep key '{key}'")
+        children.append((assignment, parse_spec(raw, source=f"sweep {assignment}")))
+    return children
 
 
 def _fields_at(loc: tuple[int | str, ...]) -> list[str]:
@@ -276,10 +311,13 @@ def parse_spec(raw: Any, *, source: str = "<spec>", overrides: list[str] | None 
         raise InputError(f"{source}: a job spec must be a YAML mapping, got {type(raw).__name__}")
     raw = apply_overrides(raw, overrides or [])
     try:
-        return JobSpec.model_validate(raw)
+        spec = JobSpec.model_validate(raw)
     except ValidationError as exc:
         lines = [_describe(e) for e in exc.errors()]
         raise InputError(f"{source}: invalid job spec\n" + "\n".join(lines)) from None
+    if spec.sweep:
+        expand_sweep(spec)  # validates every combination now, not halfway through the sweep
+    return spec
 
 
 def load_spec(path: Path, overrides: list[str] | None = None) -> JobSpec:

@@ -143,3 +143,34 @@ def test_every_shipped_job_validates() -> None:
     assert len(files) >= 2
     for path in files:
         load_spec(path)
+
+
+def test_sweep_expands_every_combination_in_order() -> None:
+    from orchestrator.spec import expand_sweep
+
+    doc = raw()
+    doc["sweep"] = {"resources.workers": [1, 2], "solver.reference_lr": [0.01, 0.02]}
+    spec = parse_spec(doc)
+    children = expand_sweep(spec)
+    assert [a for a, _ in children] == [
+        {"resources.workers": 1, "solver.reference_lr": 0.01},
+        {"resources.workers": 1, "solver.reference_lr": 0.02},
+        {"resources.workers": 2, "solver.reference_lr": 0.01},
+        {"resources.workers": 2, "solver.reference_lr": 0.02},
+    ]
+    assert [(c.resources.workers, c.solver.reference_lr) for _, c in children] == [
+        (1, 0.01), (1, 0.02), (2, 0.01), (2, 0.02)]
+    assert all(not c.sweep for _, c in children)
+
+
+def test_a_bad_sweep_fails_at_load_naming_the_combination() -> None:
+    doc = raw()
+    doc["sweep"] = {"resources.workers": [1, 0]}
+    with pytest.raises(InputError, match=r"(?s)sweep \{'resources.workers': 0\}.*resources\.workers"):
+        parse_spec(doc)
+    doc["sweep"] = {"resources.wokers": [1]}
+    with pytest.raises(InputError, match="did you mean 'workers'"):
+        parse_spec(doc)
+    doc["sweep"] = {"resources.workers": []}
+    with pytest.raises(InputError, match="sweep.resources.workers"):
+        parse_spec(doc)

@@ -110,7 +110,7 @@ def plan_table(prepared: Prepared) -> Table:
     return table
 
 
-def _start_run(prepared: Prepared) -> RunTracker:
+def _start_run(prepared: Prepared, parent_run_id: str | None = None) -> RunTracker:
     spec = prepared.spec
     assert spec.tracking.tracking_uri is not None
     tags = {
@@ -124,6 +124,8 @@ def _start_run(prepared: Prepared) -> RunTracker:
         "data_check": prepared.data_check,
         **spec.tags,
     }
+    if parent_run_id:  # MLflow's own tag for nesting: the UI shows children under the parent
+        tags["mlflow.parentRunId"] = parent_run_id
     tracker = RunTracker.create(tracking_uri=spec.tracking.tracking_uri,
                                 experiment=spec.tracking.experiment,
                                 run_name=spec.tracking.run_name or spec.name, tags=tags)
@@ -160,13 +162,14 @@ def _resume_run(prepared: Prepared, run_id: str) -> RunTracker:
 
 
 def submit(prepared: Prepared, *, console: Console, verbose: bool = False,
-           resume: str | None = None) -> SubmitOutcome:
+           resume: str | None = None, parent_run_id: str | None = None) -> SubmitOutcome:
     """Create (or, with ``resume``, reopen) the MLflow run, train on Ray, and close the run in
     every outcome."""
     from orchestrator.launch.embedded import check_local_resources, run_on_ray
 
     check_local_resources(prepared.spec)
-    tracker = _resume_run(prepared, resume) if resume else _start_run(prepared)
+    tracker = (_resume_run(prepared, resume) if resume
+               else _start_run(prepared, parent_run_id))
     job = _worker_job(prepared, tracker)
     console.print(f"MLflow run {tracker.run_id} in {tracker.tracking_uri}")
     try:

@@ -11,7 +11,7 @@ from typing import Any
 
 from detectron2.utils.events import EventWriter, get_event_storage
 
-__all__ = ["MLflowWriter"]
+__all__ = ["MLflowWriter", "SystemMetricsWriter"]
 
 _BATCH = 1000  # MLflow's log_batch limit for metrics
 
@@ -52,3 +52,43 @@ class MLflowWriter(EventWriter):
             self._client.log_batch(self._run_id, metrics=pending[start:start + _BATCH])
         for metric in pending:
             self._last_step[metric.key] = metric.step
+
+
+class SystemMetricsWriter(EventWriter):
+    """Rank 0's machine load, logged beside the losses so runs can be compared on cost too:
+    ``system/cpu_percent``, ``system/memory_gb`` (this process tree's RSS), and with CUDA
+    ``system/gpu_memory_gb`` / ``system/gpu_max_memory_gb`` (PyTorch's allocator)."""
+
+    def __init__(self, *, tracking_uri: str, run_id: str) -> None:
+        import psutil
+        from mlflow.tracking import MlflowClient
+
+        self._client = MlflowClient(tracking_uri=tracking_uri)
+        self._run_id = run_id
+        self._process = psutil.Process()
+        self._process.cpu_percent()  # the first call only starts the measurement
+
+    def sample(self) -> dict[str, float]:
+        import torch
+
+        rss = self._process.memory_info().rss
+        for child in self._process.children(recursive=True):
+            try:
+                rss += child.memory_info().rss
+            except Exception:  # noqa: BLE001 - a child may exit while we look
+                continue
+        values = {"system/cpu_percent": self._process.cpu_percent(),
+                  "system/memory_gb": rss / 2**30}
+        if torch.cuda.is_available():
+            values["system/gpu_memory_gb"] = torch.cuda.memory_allocated() / 2**30
+            values["system/gpu_max_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30
+        return values
+
+    def write(self) -> None:
+        from mlflow.entities import Metric
+
+        step = get_event_storage().iter
+        now = int(time.time() * 1000)
+        metrics = [Metric(key=k, value=float(v), timestamp=now, step=step)
+                   for k, v in self.sample().items()]
+        self._client.log_batch(self._run_id, metrics=metrics)

@@ -80,3 +80,24 @@ def test_a_restarted_writer_does_not_log_replayed_steps_again(workdir: Path) -> 
     steps = [m.step for m in client.get_metric_history(tracker.run_id, "total_loss")]
     assert steps == list(range(8))
     tracker.finish("FINISHED")
+
+
+def test_system_metrics_are_logged_at_the_iteration(workdir: Path) -> None:
+    from detectron2.utils.events import EventStorage
+
+    from orchestrator.tracking.writer import SystemMetricsWriter
+
+    uri = default_tracking_uri()
+    tracker = RunTracker.create(tracking_uri=uri, experiment="s", run_name="s", tags={})
+    writer = SystemMetricsWriter(tracking_uri=uri, run_id=tracker.run_id)
+    with EventStorage(start_iter=7) as storage:
+        storage.iter = 7
+        sum(i * i for i in range(200_000))  # some CPU time to measure
+        writer.write()
+    metrics = MlflowClient(tracking_uri=uri).get_run(tracker.run_id).data.metrics
+    assert 0.05 < metrics["system/memory_gb"] < 64
+    assert metrics["system/cpu_percent"] >= 0
+    history = MlflowClient(tracking_uri=uri).get_metric_history(tracker.run_id,
+                                                                "system/memory_gb")
+    assert [m.step for m in history] == [7]
+    tracker.finish("FINISHED")

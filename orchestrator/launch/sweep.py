@@ -1,0 +1,80 @@
+"""Sweeps: one spec, several trainings, tracked as child runs of one parent MLflow run.
+
+The children run one after another (each uses all the workers the spec asks for); the parent
+records the sweep and ends FINISHED only if every child did.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from orchestrator.launch.submit import SubmitOutcome, check_data, plan_table, prepare, submit
+from orchestrator.spec import JobSpec, expand_sweep
+from orchestrator.tracking.run import RunTracker
+
+__all__ = ["SweepOutcome", "child_run_name", "run_sweep", "plan_sweep"]
+
+
+@dataclass(kw_only=True)
+class SweepOutcome:
+    parent_run_id: str
+    children: list[tuple[dict[str, Any], SubmitOutcome]]
+
+
+def child_run_name(name: str, assignment: dict[str, Any]) -> str:
+    """``demo[resources.workers=2,solver.reference_lr=0.01]``: readable in the MLflow UI."""
+    return f"{name}[{','.join(f'{k}={v}' for k, v in assignment.items())}]"
+
+
+def _child(spec: JobSpec, assignment: dict[str, Any]) -> JobSpec:
+    tracking = spec.tracking.model_copy(
+        update={"run_name": child_run_name(spec.tracking.run_name or spec.name, assignment)})
+    return spec.model_copy(update={"tracking": tracking})
+
+
+def plan_sweep(spec: JobSpec, *, console: Console, skip_data_check: bool = False,
+               workdir: Path | None = None) -> list[Any]:
+    """Check and print every child's plan (``--dry-run``); returns the prepared children."""
+    prepared = []
+    for assignment, child in expand_sweep(spec):
+        ready = check_data(prepare(_child(child, assignment), workdir=workdir),
+                           skip=skip_data_check, console=console)
+        console.print(plan_table(ready))
+        prepared.append((assignment, ready))
+    return prepared
+
+
+def _open_parent(spec: JobSpec, tracking_uri: str) -> RunTracker:
+    parent = RunTracker.create(tracking_uri=tracking_uri, experiment=spec.tracking.experiment,
+                               run_name=spec.tracking.run_name or spec.name,
+                               tags={"sweep": "true", "job": spec.name, **spec.tags})
+    parent.log_params({f"sweep.{k}": str(v) for k, v in spec.sweep.items()})
+    parent.log_dict_yaml(spec.resolved_yaml(), "job.yaml")
+    return parent
+
+
+def run_sweep(spec: JobSpec, *, console: Console, verbose: bool = False,
+              skip_data_check: bool = False, workdir: Path | None = None) -> SweepOutcome:
+    """Train every combination in turn under one parent run."""
+    children = plan_sweep(spec, console=console, skip_data_check=skip_data_check,
+                          workdir=workdir)
+    tracking_uri = children[0][1].spec.tracking.tracking_uri
+    parent = _open_parent(spec, tracking_uri)
+    done: list[tuple[dict[str, Any], SubmitOutcome]] = []
+    try:
+        for assignment, prepared in children:
+            console.print(f"sweep {len(done) + 1}/{len(children)}: {assignment}")
+            done.append((assignment, submit(prepared, console=console, verbose=verbose,
+                                            parent_run_id=parent.run_id)))
+    except (KeyboardInterrupt, SystemExit):
+        parent.finish("KILLED")
+        raise
+    except BaseException:
+        parent.finish("FAILED")
+        raise
+    parent.finish("FINISHED")
+    return SweepOutcome(parent_run_id=parent.run_id, children=done)
