@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from detectron2.config import CfgNode, get_cfg
 
+from orchestrator.evaluation.postprocess import DEFAULT_CHUNK_BYTES
 from orchestrator.job import WorkerJob
 from orchestrator.models.arch import get_arch
 
@@ -58,10 +59,16 @@ def build_cfg(job: WorkerJob, device: str) -> CfgNode:
     arch = get_arch(job.spec.model.arch)
     if arch.add_config is not None:
         arch.add_config(cfg)
+    # Our own keys, for what the spec knows and detectron2 does not; the spec sets them after
+    # the merge (a model yaml may name them, but the spec wins).
+    cfg.ORCHESTRATOR = CfgNode(
+        {"EVAL_CHUNK_BYTES": DEFAULT_CHUNK_BYTES, "EVAL_CPU_FALLBACK": True}, new_allowed=True)
     cfg.merge_from_file(job.config_file)
     cfg.merge_from_list(list(job.spec.model.opts))
     apply_plan(cfg, job)
     _apply_data(cfg, job)
+    cfg.ORCHESTRATOR.EVAL_CHUNK_BYTES = job.spec.eval.chunk_bytes
+    cfg.ORCHESTRATOR.EVAL_CPU_FALLBACK = job.spec.eval.cpu_fallback
     cfg.MODEL.WEIGHTS = job.spec.model.weights
     cfg.MODEL.DEVICE = device
     cfg.OUTPUT_DIR = job.output_dir

@@ -1,48 +1,93 @@
 """The ``DefaultTrainer`` every worker runs; extra behaviour arrives as hooks and writers.
 
 Overrides only detectron2's documented extension points (``build_evaluator``,
-``build_writers``, ``build_hooks``), never ``train()``.
+``build_writers``, ``build_hooks``), never ``train()``. Evaluation is failure-safe: an error in
+a periodic or the final evaluation is logged and reported, and training goes on without those
+metrics (the checkpoints are unaffected).
 """
 
 from __future__ import annotations
 
+import functools
+import logging
 import os
-from collections.abc import Sequence
+import traceback
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from detectron2.config import CfgNode
 from detectron2.data import build_detection_train_loader
 from detectron2.engine import DefaultTrainer, hooks
-from detectron2.evaluation import COCOEvaluator
 from detectron2.utils.events import CommonMetricPrinter, EventWriter, JSONWriter
 
+from orchestrator.evaluation import DEFAULT_CHUNK_BYTES, ChunkedCOCOEvaluator
 from orchestrator.models.arch import arch_for_cfg
 from orchestrator.training.dist import ddp_for_device
 
-__all__ = ["Trainer"]
+__all__ = ["Trainer", "EvalErrorCallback", "mlflow_eval_error_recorder"]
+
+logger = logging.getLogger(__name__)
+
+EvalErrorCallback = Callable[[Exception, str], None]
+"""Called with the error and its formatted traceback when an evaluation fails."""
+
+
+def mlflow_eval_error_recorder(tracking_uri: str, run_id: str) -> EvalErrorCallback:
+    """An ``on_eval_error`` that marks the MLflow run: tag ``eval_status=failed`` and the
+    traceback as the artifact ``evaluation_error.txt`` (the latest failure wins)."""
+
+    def record(error: Exception, text: str) -> None:
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri=tracking_uri)
+        client.set_tag(run_id, "eval_status", "failed")
+        client.log_text(run_id, text, "evaluation_error.txt")
+
+    return record
 
 
 class Trainer(DefaultTrainer):
-    """detectron2's trainer with COCO evaluation, our writers and a configurable log period.
+    """detectron2's trainer with OOM-safe COCO evaluation that cannot stop training, our
+    writers and a configurable log period.
 
     Args:
         cfg: the frozen worker cfg (``orchestrator.training.config.build_cfg``).
         extra_writers: event writers for the main process (MLflow, progress).
         log_period: iterations between writer calls.
+        on_eval_error: called when an evaluation raises, after it is logged (e.g.
+            ``mlflow_eval_error_recorder``); training continues either way.
     """
 
     def __init__(self, cfg: CfgNode, *, extra_writers: Sequence[EventWriter] = (),
-                 log_period: int = 20) -> None:
+                 log_period: int = 20, on_eval_error: EvalErrorCallback | None = None) -> None:
         self._extra_writers = list(extra_writers)
         self._log_period = log_period
+        self._on_eval_error = on_eval_error
         with ddp_for_device():
             super().__init__(cfg)
 
+    def state_dict(self) -> dict[str, Any]:
+        """detectron2 0.6 leaves the optimizer out of checkpoints (momentum is lost on
+        resume); include the inner trainer's state, as later detectron2 releases do."""
+        state: dict[str, Any] = super().state_dict()
+        state["_trainer"] = self._trainer.state_dict()
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        if "_trainer" in state_dict:  # checkpoints written by plain detectron2 0.6 lack it
+            self._trainer.load_state_dict(state_dict["_trainer"])
+
     @classmethod
-    def build_evaluator(cls, cfg: CfgNode, dataset_name: str) -> COCOEvaluator:
-        # The C++ fast evaluator needs detectron2._C; pycocotools gives the same numbers.
+    def build_evaluator(cls, cfg: CfgNode, dataset_name: str) -> ChunkedCOCOEvaluator:
+        # pycocotools, not the C++ fast evaluator (it needs detectron2._C): same numbers.
         output = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
-        return COCOEvaluator(dataset_name, output_dir=output, use_fast_impl=False)
+        ours = cfg.get("ORCHESTRATOR", {})  # absent from cfgs not made by build_cfg
+        return ChunkedCOCOEvaluator(
+            dataset_name, output_dir=output,
+            chunk_bytes=ours.get("EVAL_CHUNK_BYTES", DEFAULT_CHUNK_BYTES),
+            cpu_fallback=ours.get("EVAL_CPU_FALLBACK", True),
+        )
 
     @classmethod
     def build_train_loader(cls, cfg: CfgNode) -> Any:
@@ -59,9 +104,43 @@ class Trainer(DefaultTrainer):
         ]
 
     def build_hooks(self) -> list[hooks.HookBase]:
+        return [self._adapt(h) for h in super().build_hooks()]
+
+    def _adapt(self, hook: hooks.HookBase) -> hooks.HookBase:
         # detectron2 hard-codes a writer period of 20; re-wrap the writers it built (once).
-        return [
-            hooks.PeriodicWriter(h._writers, period=self._log_period)
-            if isinstance(h, hooks.PeriodicWriter) else h
-            for h in super().build_hooks()
-        ]
+        if isinstance(hook, hooks.PeriodicWriter):
+            return hooks.PeriodicWriter(hook._writers, period=self._log_period)
+        if isinstance(hook, hooks.EvalHook):
+            return hooks.EvalHook(hook._period, self._failure_safe(hook._func))
+        return hook
+
+    def _failure_safe(self, evaluate: Callable[[], Any]) -> Callable[[], Any]:
+        """``evaluate`` that returns no metrics instead of raising, so training goes on.
+
+        With several workers this covers errors all ranks share and rank 0's own (COCO
+        evaluation runs there after the gather); a rank failing alone before the gather
+        leaves the others waiting in it, as any collective would.
+        """
+
+        @functools.wraps(evaluate)
+        def safe() -> Any:
+            training = self.model.training
+            try:
+                return evaluate()
+            except Exception as error:  # noqa: BLE001 - any evaluation failure is survivable
+                # detectron2's inference_context restores train mode only on success.
+                self.model.train(training)
+                self._report_eval_error(error, traceback.format_exc())
+                return {}
+
+        return safe
+
+    def _report_eval_error(self, error: Exception, text: str) -> None:
+        logger.error("evaluation at iteration %d failed; training continues without its "
+                     "metrics:\n%s", self.iter, text)
+        if self._on_eval_error is None:
+            return
+        try:
+            self._on_eval_error(error, text)
+        except Exception:  # noqa: BLE001 - reporting must not kill training either
+            logger.exception("on_eval_error callback failed")

@@ -16,11 +16,16 @@ from detectron2.utils.logger import setup_logger
 
 from orchestrator.data.register import register_datasets
 from orchestrator.job import WorkerJob
-from orchestrator.tracking.writer import MLflowWriter
+from orchestrator.tracking.writer import MLflowWriter, SystemMetricsWriter
 from orchestrator.training.config import build_cfg
 from orchestrator.training.dist import setup_local_process_group
-from orchestrator.training.hooks import ArtifactHook, ProgressWriter
-from orchestrator.training.trainer import Trainer
+from orchestrator.training.hooks import (
+    ArtifactHook,
+    ProgressWriter,
+    RayCheckpointHook,
+    restore_from_ray,
+)
+from orchestrator.training.trainer import Trainer, mlflow_eval_error_recorder
 
 __all__ = ["train_loop_per_worker"]
 
@@ -39,14 +44,15 @@ def _prepare_output(cfg: CfgNode) -> None:
     """What detectron2's ``default_setup`` does that we want: logs and config.yaml."""
     os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
     rank = comm.get_rank()
-    setup_logger(cfg.OUTPUT_DIR, distributed_rank=rank, name="fvcore")
-    setup_logger(cfg.OUTPUT_DIR, distributed_rank=rank)
+    for name in ("fvcore", "orchestrator", "detectron2"):
+        setup_logger(cfg.OUTPUT_DIR, distributed_rank=rank, name=name)
     if comm.is_main_process():
         Path(cfg.OUTPUT_DIR, "config.yaml").write_text(cfg.dump(), encoding="utf-8")
 
 
 def _writers(job: WorkerJob, queue: Any) -> list[Any]:
-    writers: list[Any] = [MLflowWriter(tracking_uri=job.tracking_uri, run_id=job.run_id)]
+    writers: list[Any] = [MLflowWriter(tracking_uri=job.tracking_uri, run_id=job.run_id),
+                          SystemMetricsWriter(tracking_uri=job.tracking_uri, run_id=job.run_id)]
     if queue is not None:
         writers.append(ProgressWriter(queue, job.plan.max_iter))
     return writers
@@ -65,11 +71,24 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         cfg,
         extra_writers=_writers(job, config.get("progress_queue")) if main else (),
         log_period=job.spec.tracking.log_period,
+        on_eval_error=mlflow_eval_error_recorder(job.tracking_uri, job.run_id) if main else None,
     )
+    hooks: list[Any] = [RayCheckpointHook(cfg.SOLVER.CHECKPOINT_PERIOD)]
     if main:
-        trainer.register_hooks([ArtifactHook(tracking_uri=job.tracking_uri, run_id=job.run_id,
-                                             output_dir=cfg.OUTPUT_DIR)])
+        hooks.append(ArtifactHook(tracking_uri=job.tracking_uri, run_id=job.run_id,
+                                  output_dir=cfg.OUTPUT_DIR))
+    trainer.register_hooks(hooks)
     trainer.resume_or_load(resume=False)
-    logger.info("rank %d/%d starts training: %d iterations", comm.get_rank(),
-                comm.get_world_size(), cfg.SOLVER.MAX_ITER)
+    if restore_from_ray(trainer) and trainer.start_iter >= trainer.max_iter:
+        # A finished run resumed: training again would only repeat the final evaluation.
+        logger.info("checkpoint is at the last iteration: nothing left to train")
+        return
+    _log_start(job, cfg)
     trainer.train()
+
+
+def _log_start(job: WorkerJob, cfg: CfgNode) -> None:
+    logger.info("rank %d/%d (pid %d) starts training: %d iterations", comm.get_rank(),
+                comm.get_world_size(), os.getpid(), cfg.SOLVER.MAX_ITER)
+    for key in sorted(job.spec.run.env):  # what reached this worker from run.env
+        logger.info("run.env %s=%s", key, os.environ.get(key, "<unset>"))

@@ -28,7 +28,7 @@ def only_run(workdir: Path):  # type: ignore[no-untyped-def]
 
 def test_two_workers_train_and_mlflow_records_everything(workdir: Path) -> None:
     job = write_spec(workdir / "tiny.yaml", TINY_JOB)
-    result = runner.invoke(app, ["submit", str(job)])
+    result = runner.invoke(app, ["submit", str(job), "run.env={ORCHESTRATOR_PROBE: seen}"])
     assert result.exit_code == 0, result.output
     client, run = only_run(workdir)
     assert run.info.status == "FINISHED"
@@ -50,6 +50,9 @@ def test_two_workers_train_and_mlflow_records_everything(workdir: Path) -> None:
                  "checkpoints/model_final.pth"):
         assert (artifacts / name).is_file(), name
     assert "segm/AP" in result.output
+    assert "system/memory_gb" in run.data.metrics
+    worker_log = next((workdir / ".orchestrator" / "output").glob("*/log.txt.rank1")).read_text()
+    assert "run.env ORCHESTRATOR_PROBE=seen" in worker_log  # run.env reached every worker
 
 
 def test_worker_failure_marks_the_run_failed(workdir: Path) -> None:
