@@ -166,7 +166,8 @@ def test_sweep_expands_every_combination_in_order() -> None:
 def test_a_bad_sweep_fails_at_load_naming_the_combination() -> None:
     doc = raw()
     doc["sweep"] = {"resources.workers": [1, 0]}
-    with pytest.raises(InputError, match=r"(?s)sweep \{'resources.workers': 0\}.*resources\.workers"):
+    with pytest.raises(InputError,
+                       match=r"(?s)sweep \{'resources.workers': 0\}.*resources\.workers"):
         parse_spec(doc)
     doc["sweep"] = {"resources.wokers": [1]}
     with pytest.raises(InputError, match="did you mean 'workers'"):
