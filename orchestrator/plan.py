@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from orchestrator.errors import InputError
 from orchestrator.spec import JobSpec
 
-__all__ = ["ScalingPlan", "make_plan"]
+__all__ = ["ScalingPlan", "make_plan", "replan"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -117,12 +117,12 @@ def _steps(spec: JobSpec, max_iter: int, scale: float, per_epoch: int | None) ->
 def make_plan(spec: JobSpec, usable_images: int | None = None) -> ScalingPlan:
     """Compute the plan for ``spec`` given the count of usable training images (if known)."""
     res, solver = spec.resources, spec.solver
-    batch = res.workers * res.ims_per_worker
+    batch = res.max_workers * res.ims_per_worker  # elastic specs plan for the full size
     scale = batch / solver.reference_batch
     max_iter, per_epoch = _schedule(spec, batch, usable_images)
     gpu = res.gpus_per_worker > 0
     return ScalingPlan(
-        workers=res.workers,
+        workers=res.max_workers,
         ims_per_worker=res.ims_per_worker,
         total_batch=batch,
         reference_batch=solver.reference_batch,
@@ -140,3 +140,9 @@ def make_plan(spec: JobSpec, usable_images: int | None = None) -> ScalingPlan:
         device="cuda" if gpu else "cpu",
         backend="nccl" if gpu else "gloo",
     )
+
+
+def replan(spec: JobSpec, workers: int, usable_images: int | None) -> ScalingPlan:
+    """The plan at another worker count (an elastic group restarted at ``workers``)."""
+    resources = spec.resources.model_copy(update={"workers": workers})
+    return make_plan(spec.model_copy(update={"resources": resources}), usable_images)

@@ -119,10 +119,30 @@ class DataSpec(_Strict):
 class ResourcesSpec(_Strict):
     """Workers (one per GPU) and what each one gets."""
 
-    workers: PositiveInt = Field(1, description="Ray Train workers (processes).")
+    workers: PositiveInt | tuple[PositiveInt, PositiveInt] = Field(
+        1, description="Ray Train workers (processes); [min, max] trains elastically: the "
+        "plan is made for max and recomputed whenever the group restarts at another size.")
     gpus_per_worker: float = Field(0, ge=0, description="0 = CPU with gloo; >0 = CUDA with NCCL.")
     cpus_per_worker: float = Field(1, gt=0, description="CPUs Ray reserves per worker.")
     ims_per_worker: PositiveInt = Field(2, description="Images per worker per iteration.")
+
+    @model_validator(mode="after")
+    def _ordered_range(self) -> ResourcesSpec:
+        if self.min_workers > self.max_workers:
+            raise ValueError(f"workers range {list(self.workers)} must be [min, max]")  # type: ignore[arg-type]
+        return self
+
+    @property
+    def min_workers(self) -> int:
+        return self.workers[0] if isinstance(self.workers, tuple) else self.workers
+
+    @property
+    def max_workers(self) -> int:
+        return self.workers[1] if isinstance(self.workers, tuple) else self.workers
+
+    @property
+    def elastic(self) -> bool:
+        return self.min_workers != self.max_workers
 
 
 class SolverSpec(_Strict):
@@ -166,6 +186,10 @@ class EvalSpec(_Strict):
         256 * 2**20, description="Memory budget for mask postprocessing per chunk (OOM safety)."
     )
     cpu_fallback: bool = Field(True, description="Retry a chunk on CPU after CUDA OOM.")
+    visualize: NonNegativeInt = Field(
+        4, description="Validation images logged to MLflow with predictions drawn at each "
+        "evaluation (the same ones every time); 0 = none."
+    )
 
 
 class TrackingSpec(_Strict):

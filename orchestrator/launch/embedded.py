@@ -39,10 +39,10 @@ def check_local_resources(spec: JobSpec) -> None:
     import torch
 
     have = torch.cuda.device_count()
-    need = res.workers * res.gpus_per_worker
+    need = res.min_workers * res.gpus_per_worker
     if need > have:
         raise InputError(
-            f"resources: {res.workers} workers x {res.gpus_per_worker:g} GPUs need {need:g} "
+            f"resources: {res.min_workers} workers x {res.gpus_per_worker:g} GPUs need {need:g} "
             f"GPUs but this machine has {have}; set resources.gpus_per_worker=0 for CPU "
             "or submit to a cluster with --address"
         )
@@ -62,7 +62,7 @@ def _init_ray(job: WorkerJob, verbose: bool) -> None:
         return
     res = job.spec.resources
     num_cpus = math.ceil(job.spec.run.num_cpus or 0) or max(
-        os.cpu_count() or 1, math.ceil(res.workers * res.cpus_per_worker))
+        os.cpu_count() or 1, math.ceil(res.max_workers * res.cpus_per_worker))
     try:
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
                  runtime_env={"env_vars": dict(job.spec.run.env)}, **common)
@@ -87,7 +87,8 @@ def _trainer(job: WorkerJob, queue: Any) -> Any:
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={**job.to_config(), "progress_queue": queue},
-        scaling_config=ScalingConfig(num_workers=res.workers, use_gpu=res.gpus_per_worker > 0,
+        scaling_config=ScalingConfig(num_workers=res.workers,  # type: ignore[arg-type]
+                                     use_gpu=res.gpus_per_worker > 0,
                                      resources_per_worker=resources),
         run_config=RunConfig(name=ray_run_name(job), storage_path=job.spec.run.storage_path,
                              failure_config=FailureConfig(max_failures=job.spec.run.max_failures)),

@@ -14,12 +14,15 @@ from detectron2.engine import HookBase
 from detectron2.utils import comm
 from detectron2.utils.events import EventWriter, get_event_storage
 
+from orchestrator.training.elastic import adopt_new_schedule, equivalent_iteration
+
 __all__ = [
     "ProgressWriter",
     "ArtifactHook",
     "RayCheckpointHook",
     "progress_record",
     "restore_from_ray",
+    "load_checkpoint",
 ]
 
 logger = logging.getLogger(__name__)
@@ -58,8 +61,8 @@ class ProgressWriter(EventWriter):
 
 
 class ArtifactHook(HookBase):
-    """After training, rank 0 sends config, metrics, evaluation results and the final
-    checkpoint to the MLflow run."""
+    """After training, rank 0 sends config, class names, metrics, evaluation results and the
+    final checkpoint to the MLflow run."""
 
     def __init__(self, *, tracking_uri: str, run_id: str, output_dir: str) -> None:
         self._tracking_uri = tracking_uri
@@ -70,10 +73,23 @@ class ArtifactHook(HookBase):
         if path.is_file():
             client.log_artifact(self._run_id, str(path), artifact_path)
 
+    def _log_classes(self, client: Any) -> None:
+        """``classes.json``: the class names by model class index, so ``predict`` can label
+        detections without the dataset (detectron2 fills ``thing_classes`` on loading it)."""
+        from detectron2.data import MetadataCatalog
+
+        datasets = self.trainer.cfg.DATASETS.TRAIN
+        names = MetadataCatalog.get(datasets[0]).get("thing_classes") if datasets else None
+        if names:
+            path = self._output / "classes.json"
+            path.write_text(json.dumps(list(names)), encoding="utf-8")
+            self._log(client, path)
+
     def after_train(self) -> None:
         from mlflow.tracking import MlflowClient
 
         client = MlflowClient(tracking_uri=self._tracking_uri)
+        self._log_classes(client)
         results = getattr(self.trainer, "_last_eval_results", None)
         if results:
             path = self._output / "evaluation.json"
@@ -107,7 +123,9 @@ class RayCheckpointHook(HookBase):
             return
         with tempfile.TemporaryDirectory(prefix="d2ckpt-") as tmp:
             saver = DetectionCheckpointer(self.trainer.model, tmp, trainer=self.trainer)
-            saver.save(CHECKPOINT_FILE.removesuffix(".pth"))
+            # The batch it was trained at lets an elastic restart map the iteration.
+            saver.save(CHECKPOINT_FILE.removesuffix(".pth"),
+                       total_batch=self.trainer.cfg.SOLVER.IMS_PER_BATCH)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
                              checkpoint_dir_name=f"iter_{iteration:07d}")
 
@@ -121,7 +139,21 @@ def restore_from_ray(trainer: Any) -> bool:
     if checkpoint is None:
         return False
     with checkpoint.as_directory() as folder:
-        trainer.checkpointer.load(str(Path(folder) / CHECKPOINT_FILE))
+        load_checkpoint(trainer, Path(folder) / CHECKPOINT_FILE)
+    return True
+
+
+def load_checkpoint(trainer: Any, path: Path) -> None:
+    """Load a checkpoint written by ``RayCheckpointHook`` (all ranks) and continue after it;
+    one written at another total batch continues at the same number of images seen."""
+    batch = trainer.cfg.SOLVER.IMS_PER_BATCH
+    new_lrs = [group["initial_lr"] for group in trainer.optimizer.param_groups]
+    extra = trainer.checkpointer.load(str(path))
     trainer.start_iter = trainer.iter + 1
     logger.info("restored from Ray checkpoint at iteration %d", trainer.iter)
-    return True
+    old_batch = int(extra.get("total_batch", batch))
+    if old_batch != batch:
+        iteration = equivalent_iteration(trainer.iter, old_batch, batch)
+        adopt_new_schedule(trainer, new_lrs, iteration)
+        logger.warning("checkpoint was written at batch %d, training goes on at batch %d "
+                       "from iteration %d", old_batch, batch, iteration)
