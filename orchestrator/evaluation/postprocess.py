@@ -36,6 +36,7 @@ import torch
 from torch.nn import functional as F
 
 from orchestrator.evaluation.oom import OOMGuard
+from orchestrator.models.layers import aligned_bilinear  # one implementation, shared
 
 __all__ = [
     "DEFAULT_CHUNK_BYTES",
@@ -94,21 +95,6 @@ def _run_chunks(op: Any, tensors: tuple[torch.Tensor, ...], *, size: Size, per_c
     for chunk in _chunks(len(tensors[0]), per_chunk):
         what = _describe(chunk.stop - chunk.start, size, per_chunk, chunk_bytes)
         yield chunk, guard.run(op, *(t[chunk] for t in tensors), what=what)
-
-
-def aligned_bilinear(tensor: torch.Tensor, factor: int) -> torch.Tensor:
-    """CondInst's ×``factor`` upsampling of ``(N, C, h, w)``: output pixel centres stay on the
-    input grid (input pixel ``i`` lands on output pixel ``i * factor + factor // 2``)."""
-    if tensor.dim() != 4 or factor < 1:
-        raise ValueError(f"need (N, C, h, w) and factor >= 1, got {tuple(tensor.shape)}, {factor}")
-    if factor == 1:
-        return tensor
-    h, w = tensor.shape[2:]
-    tensor = F.pad(tensor, pad=(0, 1, 0, 1), mode="replicate")
-    tensor = F.interpolate(tensor, size=(factor * h + 1, factor * w + 1), mode="bilinear",
-                           align_corners=True)
-    tensor = F.pad(tensor, pad=(factor // 2, 0, factor // 2, 0), mode="replicate")
-    return tensor[:, :, : factor * h, : factor * w]
 
 
 def _aligned_to_input(masks: torch.Tensor, stride: int, input_size: Size) -> torch.Tensor:

@@ -14,8 +14,8 @@ from orchestrator.errors import InputError
 
 __all__ = ["SUPPORTED_ARCHS", "PROJECT_ROOT", "resolve_model_config"]
 
-# Architectures a worker can build today; the spec already names the others.
-SUPPORTED_ARCHS: frozenset[str] = frozenset({"mask_rcnn"})
+# Architectures a worker can build (each trains end to end through `orchestrator submit`).
+SUPPORTED_ARCHS: frozenset[str] = frozenset({"mask_rcnn", "blendmask", "condinst"})
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 

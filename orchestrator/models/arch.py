@@ -12,6 +12,15 @@ from typing import Any
 
 from detectron2.config import CfgNode
 
+# Importing the model modules registers FCOS, CondInst, BlendMask and the FCOS backbone with
+# detectron2's registries; this module is only imported by code that builds models.
+from orchestrator.models import backbone as _backbone  # noqa: F401
+from orchestrator.models import blendmask as _blendmask  # noqa: F401
+from orchestrator.models import condinst as _condinst  # noqa: F401
+from orchestrator.models import fcos as _fcos  # noqa: F401
+from orchestrator.models.config import add_blendmask_config, add_condinst_config
+from orchestrator.models.mapper import DatasetMapperWithBasis
+
 __all__ = ["ArchSupport", "ARCHS", "get_arch", "arch_for_cfg"]
 
 
@@ -23,6 +32,8 @@ class ArchSupport:
     add_config: Callable[[CfgNode], None] | None
     num_classes_keys: tuple[str, ...]
     score_thresh_keys: tuple[str, ...]
+    # Keys besides TEST.DETECTIONS_PER_IMAGE that cap detections per image (eval.max_dets).
+    max_dets_keys: tuple[str, ...] = ()
     # Builds the training DatasetMapper (e.g. BlendMask's basis_sem targets); None = detectron2's.
     train_mapper: Callable[[CfgNode], Any] | None = None
 
@@ -33,6 +44,21 @@ ARCHS: dict[str, ArchSupport] = {
         add_config=None,
         num_classes_keys=("MODEL.ROI_HEADS.NUM_CLASSES",),
         score_thresh_keys=("MODEL.ROI_HEADS.SCORE_THRESH_TEST",),
+    ),
+    "blendmask": ArchSupport(
+        meta_architecture="BlendMask",
+        add_config=add_blendmask_config,
+        num_classes_keys=("MODEL.FCOS.NUM_CLASSES", "MODEL.BASIS_MODULE.NUM_CLASSES"),
+        score_thresh_keys=("MODEL.FCOS.INFERENCE_TH_TEST",),
+        max_dets_keys=("MODEL.FCOS.POST_NMS_TOPK_TEST",),
+        train_mapper=DatasetMapperWithBasis,
+    ),
+    "condinst": ArchSupport(
+        meta_architecture="CondInst",
+        add_config=add_condinst_config,
+        num_classes_keys=("MODEL.FCOS.NUM_CLASSES",),
+        score_thresh_keys=("MODEL.FCOS.INFERENCE_TH_TEST",),
+        max_dets_keys=("MODEL.FCOS.POST_NMS_TOPK_TEST",),
     ),
 }
 

@@ -51,6 +51,8 @@ def _apply_data(cfg: CfgNode, job: WorkerJob) -> None:
     for key in arch.score_thresh_keys:
         _set(cfg, key, job.spec.eval.score_thresh)
     cfg.TEST.DETECTIONS_PER_IMAGE = job.spec.eval.max_dets
+    for key in arch.max_dets_keys:
+        _set(cfg, key, job.spec.eval.max_dets)
 
 
 def build_cfg(job: WorkerJob, device: str) -> CfgNode:
@@ -62,13 +64,15 @@ def build_cfg(job: WorkerJob, device: str) -> CfgNode:
     # Our own keys, for what the spec knows and detectron2 does not; the spec sets them after
     # the merge (a model yaml may name them, but the spec wins).
     cfg.ORCHESTRATOR = CfgNode(
-        {"EVAL_CHUNK_BYTES": DEFAULT_CHUNK_BYTES, "EVAL_CPU_FALLBACK": True}, new_allowed=True)
+        {"EVAL_CHUNK_BYTES": DEFAULT_CHUNK_BYTES, "EVAL_CPU_FALLBACK": True, "VISUALIZE": 0},
+        new_allowed=True)
     cfg.merge_from_file(job.config_file)
     cfg.merge_from_list(list(job.spec.model.opts))
     apply_plan(cfg, job)
     _apply_data(cfg, job)
     cfg.ORCHESTRATOR.EVAL_CHUNK_BYTES = job.spec.eval.chunk_bytes
     cfg.ORCHESTRATOR.EVAL_CPU_FALLBACK = job.spec.eval.cpu_fallback
+    cfg.ORCHESTRATOR.VISUALIZE = job.spec.eval.visualize
     cfg.MODEL.WEIGHTS = job.spec.model.weights
     cfg.MODEL.DEVICE = device
     cfg.OUTPUT_DIR = job.output_dir
