@@ -390,6 +390,50 @@ def ui(
         server.stop()
 
 
+@app.command()
+@_exits
+def predict(
+    run: Annotated[str, typer.Option(
+        "--run", metavar="RUN_ID_OR_NAME", help="MLflow run id or run name, as submit printed.")],
+    images: Annotated[Path, typer.Argument(
+        metavar="IMAGE_OR_DIR", help="An image, or a folder of images (not recursive).")],
+    out: Annotated[Path, typer.Option(
+        "--out", metavar="DIR", help="Where the PNGs and predictions.json go.")]
+    = Path("predictions"),
+    score: Annotated[float, typer.Option(
+        "--score", min=0.0, max=1.0, help="Test score threshold: weaker detections are "
+        "dropped.")] = 0.5,
+    checkpoint: Annotated[str, typer.Option(
+        "--checkpoint", metavar="final", help="Which checkpoint. Runs log only the final one "
+        "(model_final.pth) to MLflow, so only 'final' is accepted, not an iteration.")]
+    = "final",
+    tracking_uri: TrackingUri = None,
+    device: Annotated[str, typer.Option(
+        "--device", help="cpu or cuda.")] = "cpu",
+) -> None:
+    """Draw a run's predictions on images: one PNG each plus a COCO-style predictions.json."""
+    from rich.markup import escape
+
+    from orchestrator.inference import find_images, load_run, predict_with_progress
+
+    if checkpoint != "final":
+        raise InputError(f"--checkpoint {checkpoint}: only 'final' is logged to MLflow; "
+                         "drop the option")
+    paths = find_images(images)
+    loaded = load_run(run, tracking_uri=_tracking_uri(tracking_uri), score=score,
+                      device=device)
+    console.print(f"run {loaded.run_id} ({loaded.run_name}): {len(paths)} image(s)",
+                  highlight=False)
+    result = predict_with_progress(loaded, paths, out, console=console)
+    if not result.written:
+        why = result.skipped[0][1] if len(paths) == 1 else "no file in it is a readable image"
+        raise InputError(f"{images}: {why}")
+    for path, why in result.skipped:
+        err_console.print(f"[yellow]skipped[/] {escape(f'{path}: {why}')}", highlight=False)
+    console.print(f"{len(result.written)} PNG(s) and {result.json_path} "
+                  f"({result.num_predictions} predictions) in {out}", highlight=False)
+
+
 def _terminated(signum: int, frame: object) -> None:
     """SIGTERM (``orchestrator stop``, Ray stopping a job) unwinds like Ctrl-C, so the driver
     marks its MLflow run KILLED instead of dying with the run left RUNNING."""

@@ -19,6 +19,7 @@ from orchestrator.job import WorkerJob
 from orchestrator.tracking.writer import MLflowWriter, SystemMetricsWriter
 from orchestrator.training.config import build_cfg
 from orchestrator.training.dist import setup_local_process_group
+from orchestrator.training.elastic import log_plan, plan_for_world
 from orchestrator.training.hooks import (
     ArtifactHook,
     ProgressWriter,
@@ -26,6 +27,7 @@ from orchestrator.training.hooks import (
     restore_from_ray,
 )
 from orchestrator.training.trainer import Trainer, mlflow_eval_error_recorder
+from orchestrator.training.visualize import VisualizeHook
 
 __all__ = ["train_loop_per_worker"]
 
@@ -60,8 +62,8 @@ def _writers(job: WorkerJob, queue: Any) -> list[Any]:
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train entry point: ``config`` is ``WorkerJob.to_config()`` plus a progress queue."""
-    job = WorkerJob.from_config(config)
     context = ray.train.get_context()
+    job = plan_for_world(WorkerJob.from_config(config), context.get_world_size())
     setup_local_process_group(context.get_node_rank())
     register_datasets(job.data)
     cfg = build_cfg(job, _device())
@@ -77,6 +79,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if main:
         hooks.append(ArtifactHook(tracking_uri=job.tracking_uri, run_id=job.run_id,
                                   output_dir=cfg.OUTPUT_DIR))
+        hooks.append(VisualizeHook(tracking_uri=job.tracking_uri, run_id=job.run_id,
+                                   count=cfg.ORCHESTRATOR.VISUALIZE,
+                                   eval_period=cfg.TEST.EVAL_PERIOD))
     trainer.register_hooks(hooks)
     trainer.resume_or_load(resume=False)
     if restore_from_ray(trainer) and trainer.start_iter >= trainer.max_iter:
@@ -84,6 +89,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         logger.info("checkpoint is at the last iteration: nothing left to train")
         return
     _log_start(job, cfg)
+    if main:
+        log_plan(job, trainer.start_iter)
     trainer.train()
 
 

@@ -1,0 +1,136 @@
+"""An MLflow run -> its detectron2 cfg, model (final checkpoint) and class names.
+
+Everything comes from the run's artifacts (``config.yaml``, ``checkpoints/model_final.pth``,
+``classes.json``) and its ``model`` tag, so a run can be used from any machine that reaches
+the tracking store, without the job spec or the dataset.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from detectron2.config import CfgNode, get_cfg
+
+from orchestrator.errors import InputError
+
+__all__ = ["LoadedRun", "load_run", "CHECKPOINT_ARTIFACT", "CLASSES_ARTIFACT"]
+
+CHECKPOINT_ARTIFACT = "checkpoints/model_final.pth"
+CONFIG_ARTIFACT = "config.yaml"
+CLASSES_ARTIFACT = "classes.json"
+
+
+@dataclass(frozen=True)
+class LoadedRun:
+    """A model ready for inference (eval mode) and what is needed to read its outputs."""
+
+    run_id: str
+    run_name: str
+    cfg: CfgNode
+    model: torch.nn.Module
+    class_names: tuple[str, ...]
+
+
+@contextmanager
+def _quiet_downloads() -> Iterator[None]:
+    """No MLflow download progress bars (three per run): our own output says what happens."""
+    key = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    before = os.environ.get(key)
+    os.environ[key] = "false"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = before
+
+
+def _download(client: Any, run: Any, artifact: str, into: Path, *, hint: str) -> Path:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        with _quiet_downloads():
+            return Path(client.download_artifacts(run.info.run_id, artifact, str(into)))
+    except (MlflowException, OSError) as exc:
+        raise InputError(f"run {run.info.run_id} ({run.info.run_name}) has no artifact "
+                         f"'{artifact}': {hint} ({type(exc).__name__})") from None
+
+
+def _class_names(client: Any, run: Any, into: Path) -> tuple[str, ...]:
+    """The recorded class names, or () for runs logged before they were recorded."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        with _quiet_downloads():
+            path = client.download_artifacts(run.info.run_id, CLASSES_ARTIFACT, str(into))
+        names = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (MlflowException, OSError, ValueError):
+        return ()
+    return tuple(str(n) for n in names) if isinstance(names, list) else ()
+
+
+def _build_cfg(run: Any, config: Path, *, score: float, device: str) -> CfgNode:
+    """The training cfg with the arch's extra keys, the test threshold and the device."""
+    from orchestrator.models.arch import get_arch
+
+    arch_name = run.data.tags.get("model") or run.data.params.get("spec.model.arch", "mask_rcnn")
+    try:
+        arch = get_arch(arch_name)
+    except ValueError as exc:
+        raise InputError(f"run {run.info.run_id}: {exc}") from None
+    cfg = get_cfg()
+    if arch.add_config is not None:
+        arch.add_config(cfg)
+    cfg.ORCHESTRATOR = CfgNode({}, new_allowed=True)  # our keys, as the worker wrote them
+    cfg.merge_from_file(str(config))
+    for key in arch.score_thresh_keys:
+        node = cfg
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node[part]
+        node[leaf] = score
+    cfg.MODEL.WEIGHTS = ""
+    cfg.MODEL.DEVICE = device
+    return cfg
+
+
+def _check_device(device: str) -> None:
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"--device {device}: CUDA is not available here; use --device cpu")
+    if not (device == "cpu" or device.startswith("cuda")):
+        raise InputError(f"--device {device}: use cpu or cuda")
+
+
+def load_run(ref: str, *, tracking_uri: str, score: float = 0.5,
+             device: str = "cpu") -> LoadedRun:
+    """Resolve ``ref`` (run id or name), download its config and final checkpoint and build
+    the model in eval mode with test score threshold ``score``."""
+    from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.modeling import build_model
+    from mlflow.tracking import MlflowClient
+
+    from orchestrator.tracking.compare import resolve_run
+
+    _check_device(device)
+    client = MlflowClient(tracking_uri=tracking_uri)
+    run = resolve_run(client, ref)
+    with tempfile.TemporaryDirectory(prefix="orchestrator-predict-") as tmp:
+        hint = "only finished trainings log it; pick a FINISHED run"
+        weights = _download(client, run, CHECKPOINT_ARTIFACT, Path(tmp), hint=hint)
+        config = _download(client, run, CONFIG_ARTIFACT, Path(tmp), hint=hint)
+        cfg = _build_cfg(run, config, score=score, device=device)
+        model = build_model(cfg)
+        DetectionCheckpointer(model).load(str(weights))
+        names = _class_names(client, run, Path(tmp))
+    model.eval()
+    return LoadedRun(run_id=run.info.run_id, run_name=run.info.run_name or run.info.run_id,
+                     cfg=cfg, model=model, class_names=names)

@@ -1,0 +1,128 @@
+"""Images -> predictions: one PNG per image with them drawn, one COCO-style JSON for all.
+
+The JSON is a COCO instances file (``images``, ``categories``, ``annotations`` with RLE
+``segmentation`` and a ``score``), so ``pycocotools.coco.COCO`` reads it as is. Category ids
+are the model's class indices. An image that cannot be read is reported and skipped.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from orchestrator.errors import InputError
+from orchestrator.inference.draw import draw_records
+from orchestrator.inference.loading import LoadedRun
+from orchestrator.inference.predictor import predict_records, read_rgb
+
+__all__ = ["IMAGE_SUFFIXES", "PredictResult", "find_images", "predict_images",
+           "PREDICTIONS_FILE"]
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
+PREDICTIONS_FILE = "predictions.json"
+
+Progress = Callable[[Path, str | None], None]
+"""Called after each image with its path and the error that skipped it (None: written)."""
+
+
+@dataclass
+class PredictResult:
+    """What was written and what was skipped (with why)."""
+
+    written: list[Path] = field(default_factory=list)
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+    json_path: Path | None = None
+    num_predictions: int = 0
+
+
+def find_images(path: Path) -> list[Path]:
+    """``path`` itself, or the image files directly in the folder ``path`` (sorted)."""
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise InputError(f"{path}: no such image or folder")
+    images = sorted(p for p in path.iterdir()
+                    if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not images:
+        raise InputError(f"{path}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in it")
+    return images
+
+
+def _categories(loaded: LoadedRun, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    used = {int(r["category_id"]) for r in records}
+    count = max([len(loaded.class_names), *(c + 1 for c in used)])
+    return [{"id": i, "name": loaded.class_names[i] if i < len(loaded.class_names)
+             else f"class {i}"} for i in range(count)]
+
+
+def _write_json(loaded: LoadedRun, images: list[dict[str, Any]],
+                records: list[dict[str, Any]], path: Path) -> None:
+    annotations = [{**r, "id": i + 1, "area": float(_area(r)), "iscrowd": 0}
+                   for i, r in enumerate(records)]
+    document = {"info": {"run_id": loaded.run_id, "run_name": loaded.run_name},
+                "images": images, "categories": _categories(loaded, records),
+                "annotations": annotations}
+    path.write_text(json.dumps(document), encoding="utf-8")
+
+
+def _area(record: dict[str, Any]) -> float:
+    import pycocotools.mask as mask_util
+
+    if "segmentation" in record:
+        return float(mask_util.area(record["segmentation"]))
+    return float(record["bbox"][2] * record["bbox"][3])
+
+
+def _png_name(path: Path, taken: set[str]) -> str:
+    """``<stem>.png``, made unique when two inputs share a stem (a.jpg and a.png)."""
+    name, n = f"{path.stem}.png", 1
+    while name in taken:
+        name, n = f"{path.stem}_{n}.png", n + 1
+    taken.add(name)
+    return name
+
+
+def _predict_one(loaded: LoadedRun, path: Path, rgb: np.ndarray, target: Path,
+                 image_id: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Predict and draw one image; returns its COCO image entry and its records."""
+    found = predict_records(loaded.model, loaded.cfg, rgb, image_id=image_id)
+    Image.fromarray(draw_records(rgb, found, loaded.class_names)).save(target)
+    entry = {"id": image_id, "file_name": str(path), "height": rgb.shape[0],
+             "width": rgb.shape[1]}
+    return entry, found
+
+
+def predict_images(loaded: LoadedRun, paths: Sequence[Path], out_dir: Path, *,
+                   progress: Progress | None = None) -> PredictResult:
+    """Predict every image in ``paths``, writing PNGs and ``predictions.json`` to ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result = PredictResult()
+    images: list[dict[str, Any]] = []
+    records: list[dict[str, Any]] = []
+    taken: set[str] = set()
+    for path in paths:
+        error = None
+        try:
+            rgb = read_rgb(path)
+        except (OSError, ValueError) as exc:
+            error = f"not a readable image: {exc}"
+            result.skipped.append((path, error))
+        else:
+            target = out_dir / _png_name(path, taken)
+            entry, found = _predict_one(loaded, path, rgb, target, image_id=len(images) + 1)
+            images.append(entry)
+            records.extend(found)
+            result.written.append(target)
+        if progress:
+            progress(path, error)
+    if images:
+        result.json_path = out_dir / PREDICTIONS_FILE
+        _write_json(loaded, images, records, result.json_path)
+    result.num_predictions = len(records)
+    return result
