@@ -84,6 +84,7 @@ job = WorkerJob(spec=prepared.spec, plan=prepared.plan, data=prepared.data,
                 config_file=str(prepared.config_file), output_dir=str(Path("out").resolve()),
                 run_id="", tracking_uri="")
 register_datasets(job.data)
+Path("out").mkdir(exist_ok=True)
 cfg = build_cfg(job, "cpu")
 trainer = Trainer(cfg, log_period=1)
 trainer.register_hooks([FirstIter()])
