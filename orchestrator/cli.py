@@ -404,9 +404,9 @@ def predict(
         "--score", min=0.0, max=1.0, help="Test score threshold: weaker detections are "
         "dropped.")] = 0.5,
     checkpoint: Annotated[str, typer.Option(
-        "--checkpoint", metavar="final", help="Which checkpoint. Runs log only the final one "
-        "(model_final.pth) to MLflow, so only 'final' is accepted, not an iteration.")]
-    = "final",
+        "--checkpoint", metavar="final|best|ITER", help="final: model_final.pth from MLflow; "
+        "best: the checkpoint at the evaluation with the highest mask AP; ITER: the Ray Train "
+        "checkpoint of that iteration (from the run's local storage path).")] = "final",
     tracking_uri: TrackingUri = None,
     device: Annotated[str, typer.Option(
         "--device", help="cpu or cuda.")] = "cpu",
@@ -416,12 +416,9 @@ def predict(
 
     from orchestrator.inference import find_images, load_run, predict_with_progress
 
-    if checkpoint != "final":
-        raise InputError(f"--checkpoint {checkpoint}: only 'final' is logged to MLflow; "
-                         "drop the option")
     paths = find_images(images)
     loaded = load_run(run, tracking_uri=_tracking_uri(tracking_uri), score=score,
-                      device=device)
+                      device=device, checkpoint=checkpoint)
     console.print(f"run {loaded.run_id} ({loaded.run_name}): {len(paths)} image(s)",
                   highlight=False)
     result = predict_with_progress(loaded, paths, out, console=console)

@@ -1,7 +1,8 @@
 """An MLflow run -> its detectron2 cfg, model (final checkpoint) and class names.
 
 Everything comes from the run's artifacts (``config.yaml``, ``checkpoints/model_final.pth``,
-``classes.json``) and its ``model`` tag, so a run can be used from any machine that reaches
+``classes.json``), its ``model`` tag and, for earlier checkpoints, the Ray Train checkpoints in
+its ``run.storage_path``, so a run can be used from any machine that reaches
 the tracking store, without the job spec or the dataset.
 """
 
@@ -20,6 +21,7 @@ import torch
 from detectron2.config import CfgNode, get_cfg
 
 from orchestrator.errors import InputError
+from orchestrator.training.hooks import CHECKPOINT_FILE
 
 __all__ = ["LoadedRun", "load_run", "CHECKPOINT_ARTIFACT", "CLASSES_ARTIFACT"]
 
@@ -103,6 +105,50 @@ def _build_cfg(run: Any, config: Path, *, score: float, device: str) -> CfgNode:
     return cfg
 
 
+def _ray_checkpoints(run: Any) -> dict[int, Path]:
+    """The run's Ray Train checkpoints by iteration (``RayCheckpointHook`` names them
+    ``iter_NNNNNNN``), found through the run's storage path and Ray run name."""
+    storage = run.data.params.get("spec.run.storage_path", "")
+    name = run.data.tags.get("ray_run_name", "")
+    if not storage or not name or "://" in storage:
+        return {}
+    found = {}
+    for folder in (Path(storage) / name).glob("iter_*"):
+        if (folder / CHECKPOINT_FILE).is_file() and folder.name[5:].isdigit():
+            found[int(folder.name[5:])] = folder / CHECKPOINT_FILE
+    return found
+
+
+def _best_iteration(client: Any, run: Any, available: dict[int, Path]) -> int:
+    """The checkpoint at the evaluation with the highest mask AP (box AP without masks).
+    The final evaluation is logged one step after the last checkpoint's iteration."""
+    for key in ("segm/AP", "bbox/AP"):
+        scored = []
+        for metric in client.get_metric_history(run.info.run_id, key):
+            step = next((s for s in (metric.step, metric.step - 1) if s in available), None)
+            if step is not None and metric.value == metric.value:  # NaN: nothing detected
+                scored.append((metric.value, step))
+        if scored:
+            return max(scored)[1]
+    raise InputError(f"--checkpoint best: run {run.info.run_id} has no evaluation at an "
+                     "iteration with a checkpoint; give an iteration or 'final'")
+
+
+def _checkpoint(client: Any, run: Any, which: str, into: Path) -> Path:
+    """``final`` (the MLflow artifact), ``best``, or an iteration (Ray checkpoints)."""
+    if which == "final":
+        hint = "only finished trainings log it; pick a FINISHED run or give an iteration"
+        return _download(client, run, CHECKPOINT_ARTIFACT, into, hint=hint)
+    available = _ray_checkpoints(run)
+    if which == "best":
+        return available[_best_iteration(client, run, available)]
+    if not which.isdigit() or int(which) not in available:
+        have = ", ".join(map(str, sorted(available))) or "none in the run's storage path"
+        raise InputError(f"--checkpoint {which}: use final, best or an iteration with a "
+                         f"checkpoint ({have})")
+    return available[int(which)]
+
+
 def _check_device(device: str) -> None:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise InputError(f"--device {device}: CUDA is not available here; use --device cpu")
@@ -110,10 +156,10 @@ def _check_device(device: str) -> None:
         raise InputError(f"--device {device}: use cpu or cuda")
 
 
-def load_run(ref: str, *, tracking_uri: str, score: float = 0.5,
-             device: str = "cpu") -> LoadedRun:
-    """Resolve ``ref`` (run id or name), download its config and final checkpoint and build
-    the model in eval mode with test score threshold ``score``."""
+def load_run(ref: str, *, tracking_uri: str, score: float = 0.5, device: str = "cpu",
+             checkpoint: str = "final") -> LoadedRun:
+    """Resolve ``ref`` (run id or name), fetch its config and the chosen checkpoint (``final``,
+    ``best`` or an iteration) and build the model in eval mode with threshold ``score``."""
     from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.modeling import build_model
     from mlflow.tracking import MlflowClient
@@ -124,9 +170,9 @@ def load_run(ref: str, *, tracking_uri: str, score: float = 0.5,
     client = MlflowClient(tracking_uri=tracking_uri)
     run = resolve_run(client, ref)
     with tempfile.TemporaryDirectory(prefix="orchestrator-predict-") as tmp:
-        hint = "only finished trainings log it; pick a FINISHED run"
-        weights = _download(client, run, CHECKPOINT_ARTIFACT, Path(tmp), hint=hint)
-        config = _download(client, run, CONFIG_ARTIFACT, Path(tmp), hint=hint)
+        weights = _checkpoint(client, run, checkpoint, Path(tmp))
+        config = _download(client, run, CONFIG_ARTIFACT, Path(tmp),
+                           hint="the run never started training")
         cfg = _build_cfg(run, config, score=score, device=device)
         model = build_model(cfg)
         DetectionCheckpointer(model).load(str(weights))

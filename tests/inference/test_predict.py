@@ -87,8 +87,19 @@ def test_an_unreadable_image_exits_2(demo: DemoRun, tmp_path: Path) -> None:
     assert code == 2 and "broken.jpg" in output
 
 
-def test_missing_input_and_unlogged_checkpoint_exit_2(tmp_path: Path) -> None:
+def test_missing_input_exits_2(tmp_path: Path) -> None:
     result = runner.invoke(app, ["predict", "--run", "x", str(tmp_path / "nope.png")])
     assert result.exit_code == 2 and "nope.png" in result.output
-    result = runner.invoke(app, ["predict", "--run", "x", str(tmp_path), "--checkpoint", "99"])
-    assert result.exit_code == 2 and "final" in result.output
+
+
+def test_ray_checkpoints_by_iteration_and_best(demo: DemoRun, tmp_path: Path) -> None:
+    """The run keeps a Ray Train checkpoint at its last iteration (2), where it was also
+    evaluated, so that iteration and 'best' both load; others are listed in the error."""
+    image = sorted(demo.val_dir.glob("*.png"))[0]
+    for which in ("2", "best"):
+        code, output = predict(demo, "--run", demo.run_id, str(image), "--out",
+                               str(tmp_path / which), "--checkpoint", which)
+        assert code == 0, output
+        assert (tmp_path / which / image.name).is_file()
+    code, output = predict(demo, "--run", demo.run_id, str(image), "--checkpoint", "99")
+    assert code == 2 and "an iteration with a checkpoint (2)" in " ".join(output.split())

@@ -91,3 +91,31 @@ def test_ctrl_c_marks_the_run_killed(workdir: Path) -> None:
     rest, _ = proc.communicate(timeout=120)
     assert proc.returncode != 0, rest
     assert only_run(workdir)[1].info.status == "KILLED"
+
+
+def test_a_dataset_repaired_by_data_check_trains(workdir: Path) -> None:
+    """The SizeMismatchError case end to end: refused before Ray starts, fixed, trained."""
+    import json
+
+    from orchestrator.data import synth
+
+    made = synth.generate(workdir / "shapes", num_images=8, size=64, seed=2)
+    doc = json.loads(made.train.json_file.read_text(encoding="utf-8"))
+    doc["images"][0]["width"], doc["images"][1]["height"] = 640, 480  # wrong sizes
+    broken = workdir / "broken.json"
+    broken.write_text(json.dumps(doc), encoding="utf-8")
+    spec = TINY_JOB.replace(
+        "synthetic: {num_images: 12, size: 64, seed: 1}",
+        f"train: {{json_file: {broken}, image_root: {made.train.image_root}}}")
+    job = write_spec(workdir / "job.yaml", spec)
+    overrides = ["resources.workers=1", "solver.max_iter=2", "eval.enabled=false"]
+    refused = runner.invoke(app, ["submit", str(job), *overrides])
+    assert refused.exit_code == 2 and "data check failed" in refused.output
+    fixed = workdir / "fixed.json"
+    repair = runner.invoke(app, ["data", "check", str(broken), "--images",
+                                 str(made.train.image_root), "--fix", str(fixed)])
+    assert repair.exit_code == 0, repair.output
+    trained = runner.invoke(app, ["submit", str(job), *overrides,
+                                  f"data.train.json_file={fixed}"])
+    assert trained.exit_code == 0, trained.output
+    assert only_run(workdir)[1].info.status == "FINISHED"
