@@ -6,6 +6,8 @@ import logging
 import math
 import os
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from rich.console import Console
@@ -15,7 +17,7 @@ from orchestrator.job import WorkerJob
 from orchestrator.launch.progress import ProgressFollower
 from orchestrator.spec import JobSpec
 
-__all__ = ["check_local_resources", "run_on_ray", "ray_run_name"]
+__all__ = ["check_local_resources", "fit", "ray_session", "run_on_ray", "ray_run_name"]
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +34,10 @@ def ray_run_name(job: WorkerJob) -> str:
 
 
 def check_local_resources(spec: JobSpec) -> None:
-    """Refuse (exit 2) what a local Ray could never schedule, instead of waiting forever."""
+    """Refuse (exit 2) what a local Ray could never schedule, instead of waiting forever.
+    A driver on a cluster (RAY_ADDRESS) leaves that to the cluster and its autoscaler."""
+    if os.environ.get("RAY_ADDRESS"):
+        return
     res = spec.resources
     if res.gpus_per_worker <= 0:
         return
@@ -48,7 +53,7 @@ def check_local_resources(spec: JobSpec) -> None:
         )
 
 
-def _init_ray(job: WorkerJob, verbose: bool) -> None:
+def _init_ray(spec: JobSpec, verbose: bool) -> None:
     import ray
 
     for key, value in _RAY_ENV.items():
@@ -60,12 +65,12 @@ def _init_ray(job: WorkerJob, verbose: bool) -> None:
         except Exception as exc:
             raise JobFailedError(f"could not join the Ray cluster: {exc}") from exc
         return
-    res = job.spec.resources
-    num_cpus = math.ceil(job.spec.run.num_cpus or 0) or max(
+    res = spec.resources
+    num_cpus = math.ceil(spec.run.num_cpus or 0) or max(
         os.cpu_count() or 1, math.ceil(res.max_workers * res.cpus_per_worker))
     try:
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
-                 runtime_env={"env_vars": dict(job.spec.run.env)}, **common)
+                 runtime_env={"env_vars": dict(spec.run.env)}, **common)
     except Exception as exc:
         raise JobFailedError(f"could not start the embedded Ray: {exc}") from exc
 
@@ -97,19 +102,37 @@ def _trainer(job: WorkerJob, queue: Any) -> Any:
     )
 
 
-def run_on_ray(job: WorkerJob, *, console: Console, verbose: bool = False) -> None:
-    """Start Ray, train with one worker per ``resources.workers``, follow progress, shut down."""
-    import ray
+def fit(job: WorkerJob, *, console: Console, label: str = "") -> None:
+    """Train one job on the Ray this process is connected to, following its progress."""
     from ray.util.queue import Queue
 
-    _init_ray(job, verbose)
+    queue = Queue(maxsize=1000)
+    trainer = _trainer(job, queue)
+    with ProgressFollower(queue, console, job.plan.max_iter, label=label):
+        try:
+            trainer.fit()
+        except Exception as exc:
+            raise JobFailedError(f"training failed: {exc}") from exc
+
+
+@contextmanager
+def ray_session(spec: JobSpec, *, verbose: bool = False) -> Iterator[None]:
+    """Connect (embedded Ray, or the cluster of a Ray job's driver) for a block; reuses a
+    connection that is already open (a sweep's), and then leaves it open."""
+    import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    _init_ray(spec, verbose)
     try:
-        queue = Queue(maxsize=1000)
-        trainer = _trainer(job, queue)
-        with ProgressFollower(queue, console, job.plan.max_iter):
-            try:
-                trainer.fit()
-            except Exception as exc:
-                raise JobFailedError(f"training failed: {exc}") from exc
+        yield
     finally:
         ray.shutdown()
+
+
+def run_on_ray(job: WorkerJob, *, console: Console, verbose: bool = False,
+               label: str = "") -> None:
+    """Start Ray, train with one worker per ``resources.workers``, follow progress, shut down."""
+    with ray_session(job.spec, verbose=verbose):
+        fit(job, console=console, label=label)

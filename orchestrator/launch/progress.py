@@ -29,7 +29,8 @@ class ProgressFollower:
     """Context manager: follow ``queue`` until exit. ``last`` holds the latest record."""
 
     def __init__(self, queue: Any, console: Console, max_iter: int,
-                 line_every_s: float = 10.0) -> None:
+                 line_every_s: float = 10.0, label: str = "") -> None:
+        self._label = f"{label}: " if label else ""
         self._queue = queue
         self._console = console
         self._max_iter = max_iter
@@ -60,7 +61,7 @@ class ProgressFollower:
             self._run_lines()
 
     def _run_bar(self) -> None:
-        columns = (TextColumn("training"), BarColumn(), MofNCompleteColumn(),
+        columns = (TextColumn(self._label or "training"), BarColumn(), MofNCompleteColumn(),
                    TimeElapsedColumn(), TextColumn("{task.description}"))
         with Progress(*columns, console=self._console, transient=False) as bar:
             task = bar.add_task("starting workers...", total=self._max_iter)
@@ -77,5 +78,6 @@ class ProgressFollower:
                 continue
             done = record["iter"] >= record["max_iter"]
             if done or time.monotonic() - shown >= self._line_every:
-                self._console.print(format_record(record), highlight=False, soft_wrap=True)
+                self._console.print(self._label + format_record(record), highlight=False,
+                                    soft_wrap=True)
                 shown, shown_iter = time.monotonic(), record["iter"]

@@ -162,7 +162,8 @@ def _resume_run(prepared: Prepared, run_id: str) -> RunTracker:
 
 
 def submit(prepared: Prepared, *, console: Console, verbose: bool = False,
-           resume: str | None = None, parent_run_id: str | None = None) -> SubmitOutcome:
+           resume: str | None = None, parent_run_id: str | None = None,
+           label: str = "") -> SubmitOutcome:
     """Create (or, with ``resume``, reopen) the MLflow run, train on Ray, and close the run in
     every outcome."""
     from orchestrator.launch.embedded import check_local_resources, run_on_ray
@@ -174,7 +175,7 @@ def submit(prepared: Prepared, *, console: Console, verbose: bool = False,
     console.print(f"MLflow run {tracker.run_id} in {tracker.tracking_uri}")
     try:
         tracker.set_tags({"ray_run_name": job.output_dir.rsplit("/", 1)[-1]})
-        run_on_ray(job, console=console, verbose=verbose)
+        run_on_ray(job, console=console, verbose=verbose, label=label)
     except (KeyboardInterrupt, SystemExit):
         tracker.finish("KILLED")
         raise

@@ -1,11 +1,14 @@
 """Sweeps: one spec, several trainings, tracked as child runs of one parent MLflow run.
 
-The children run one after another (each uses all the workers the spec asks for); the parent
-records the sweep and ends FINISHED only if every child did.
+On the embedded Ray the children run one after another (each uses all the workers the spec
+asks for); on a cluster they are all submitted at once and Ray runs as many as its resources
+allow. The parent records the sweep and ends FINISHED only if every child did.
 """
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,19 +60,50 @@ def _open_parent(spec: JobSpec, tracking_uri: str) -> RunTracker:
     return parent
 
 
+Children = list[tuple[dict[str, Any], Any]]
+Done = list[tuple[dict[str, Any], SubmitOutcome]]
+
+
+def _in_turn(children: Children, parent: RunTracker, console: Console, verbose: bool) -> Done:
+    done: Done = []
+    for assignment, prepared in children:
+        console.print(f"sweep {len(done) + 1}/{len(children)}: {assignment}")
+        done.append((assignment, submit(prepared, console=console, verbose=verbose,
+                                        parent_run_id=parent.run_id)))
+    return done
+
+
+def _at_once(children: Children, parent: RunTracker, console: Console, verbose: bool) -> Done:
+    """All children at once on the cluster this driver runs on: Ray holds back the worker
+    groups it has no resources for yet, so they start as others finish."""
+    from orchestrator.launch.embedded import ray_session
+
+    with ray_session(children[0][1].spec, verbose=verbose), \
+            ThreadPoolExecutor(max_workers=len(children), thread_name_prefix="sweep") as pool:
+        futures = [pool.submit(submit, prepared, console=console, verbose=verbose,
+                               parent_run_id=parent.run_id,
+                               label=prepared.spec.tracking.run_name)
+                   for _, prepared in children]
+        return [(assignment, future.result())
+                for (assignment, _), future in zip(children, futures, strict=True)]
+
+
+def on_cluster() -> bool:
+    """A Ray job's driver (``submit --address``) runs with RAY_ADDRESS set by Ray."""
+    return bool(os.environ.get("RAY_ADDRESS"))
+
+
 def run_sweep(spec: JobSpec, *, console: Console, verbose: bool = False,
               skip_data_check: bool = False, workdir: Path | None = None) -> SweepOutcome:
-    """Train every combination in turn under one parent run."""
+    """Train every combination under one parent run: in turn on the embedded Ray, all at
+    once (as resources allow) on a cluster."""
     children = plan_sweep(spec, console=console, skip_data_check=skip_data_check,
                           workdir=workdir)
     tracking_uri = children[0][1].spec.tracking.tracking_uri
     parent = _open_parent(spec, tracking_uri)
-    done: list[tuple[dict[str, Any], SubmitOutcome]] = []
+    run = _at_once if on_cluster() and len(children) > 1 else _in_turn
     try:
-        for assignment, prepared in children:
-            console.print(f"sweep {len(done) + 1}/{len(children)}: {assignment}")
-            done.append((assignment, submit(prepared, console=console, verbose=verbose,
-                                            parent_run_id=parent.run_id)))
+        done = run(children, parent, console, verbose)
     except (KeyboardInterrupt, SystemExit):
         parent.finish("KILLED")
         raise

@@ -135,3 +135,23 @@ def test_unreachable_address_is_bad_input(workdir: Path) -> None:
     result = runner.invoke(app, ["submit", str(job), "--address", f"http://127.0.0.1:{free_port()}"])
     assert result.exit_code == 2, result.output
     assert "no Ray Jobs API answers there" in result.output
+
+
+def test_a_sweep_on_the_cluster_runs_its_children_at_once(head: str, workdir: Path) -> None:
+    store = workdir / "mlflow.db"
+    sweep = TINY_JOB.replace("max_iter: 6", "max_iter: 8") + (
+        "sweep:\n  solver.reference_lr: [0.01, 0.02]\n")
+    job = write_spec(workdir / "sweep.yaml", sweep)
+    result = runner.invoke(app, ["submit", str(job), "--address", head, "resources.workers=1",
+                                 "eval.enabled=false", f"tracking.tracking_uri=sqlite:///{store}"])
+    assert result.exit_code == 0, result.output
+    client = MlflowClient(tracking_uri=f"sqlite:///{store}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    parent = next(r for r in runs if r.data.tags.get("sweep") == "true")
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert parent.info.status == "FINISHED" and len(children) == 2
+    assert all(r.info.status == "FINISHED" for r in children)
+    spans = sorted((min(times), max(times)) for times in (
+        [m.timestamp for m in client.get_metric_history(r.info.run_id, "total_loss")]
+        for r in children))
+    assert spans[1][0] < spans[0][1], spans  # the second trained while the first still did
