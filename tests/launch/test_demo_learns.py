@@ -16,7 +16,7 @@ from tests.conftest import REPO
 def test_demo_job_beats_an_untrained_model(workdir: Path) -> None:
     runner = CliRunner()
     job = str(REPO / "jobs" / "demo.yaml")
-    untrained = runner.invoke(app, ["submit", job, "solver.max_iter=1",
+    untrained = runner.invoke(app, ["submit", job, "solver.max_iter=1", "solver.steps=[]",
                                     "tracking.run_name=untrained"])
     assert untrained.exit_code == 0, untrained.output
     trained = runner.invoke(app, ["submit", job, "tracking.run_name=trained"])
