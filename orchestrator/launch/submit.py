@@ -132,7 +132,7 @@ def _start_run(prepared: Prepared, parent_run_id: str | None = None) -> RunTrack
     try:
         tracker.log_params({**prepared.plan.as_params(),
                             **flatten(spec.model_dump(mode="json"), "spec.")})
-        tracker.log_dict_yaml(spec.resolved_yaml(), "job.yaml")
+        tracker.log_text(spec.resolved_yaml(), "job.yaml")
     except BaseException:
         tracker.finish("FAILED")
         raise

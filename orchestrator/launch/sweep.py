@@ -56,7 +56,7 @@ def _open_parent(spec: JobSpec, tracking_uri: str) -> RunTracker:
                                run_name=spec.tracking.run_name or spec.name,
                                tags={"sweep": "true", "job": spec.name, **spec.tags})
     parent.log_params({f"sweep.{k}": str(v) for k, v in spec.sweep.items()})
-    parent.log_dict_yaml(spec.resolved_yaml(), "job.yaml")
+    parent.log_text(spec.resolved_yaml(), "job.yaml")
     return parent
 
 

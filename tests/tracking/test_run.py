@@ -23,7 +23,7 @@ def test_run_lifecycle_in_a_sqlite_store(workdir: Path) -> None:
     tracker = RunTracker.create(tracking_uri=uri, experiment="exp", run_name="r1",
                                 tags={"model": "mask_rcnn"})
     tracker.log_params({f"p{i}": str(i) for i in range(250)})  # more than one batch
-    tracker.log_dict_yaml("a: 1\n", "job.yaml")
+    tracker.log_text("a: 1\n", "job.yaml")
     assert tracker.status() == "RUNNING"
     tracker.finish("KILLED")
     client = MlflowClient(tracking_uri=uri)
