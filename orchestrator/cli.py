@@ -362,13 +362,14 @@ def runs_compare(
 ) -> None:
     """Show the params that differ and each metric's final (best) value, side by side."""
     from orchestrator.tracking.compare import compare_runs
+    from orchestrator.tracking.compare_plot import plot_curves
     from orchestrator.tracking.compare_table import comparison_tables
 
     comparison = compare_runs(runs, tracking_uri=_tracking_uri(tracking_uri))
     for table in comparison_tables(comparison):
         console.print(table)
     if plot is not None:
-        console.print(f"plot: {comparison.plot(plot)}", highlight=False)
+        console.print(f"plot: {plot_curves(comparison, plot)}", highlight=False)
 
 
 @app.command("ui")

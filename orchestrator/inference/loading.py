@@ -83,6 +83,7 @@ def _class_names(client: Any, run: Any, into: Path) -> tuple[str, ...]:
 def _build_cfg(run: Any, config: Path, *, score: float, device: str) -> CfgNode:
     """The training cfg with the arch's extra keys, the test threshold and the device."""
     from orchestrator.models.arch import get_arch
+    from orchestrator.training.config import set_dotted
 
     arch_name = run.data.tags.get("model") or run.data.params.get("spec.model.arch", "mask_rcnn")
     try:
@@ -95,11 +96,7 @@ def _build_cfg(run: Any, config: Path, *, score: float, device: str) -> CfgNode:
     cfg.ORCHESTRATOR = CfgNode({}, new_allowed=True)  # our keys, as the worker wrote them
     cfg.merge_from_file(str(config))
     for key in arch.score_thresh_keys:
-        node = cfg
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node[part]
-        node[leaf] = score
+        set_dotted(cfg, key, score)
     cfg.MODEL.WEIGHTS = ""
     cfg.MODEL.DEVICE = device
     return cfg

@@ -1,14 +1,14 @@
 """``orchestrator runs compare``: what differs between runs and how their metrics ended.
 
 Runs are named by id or by run name (looked up across experiments). The result is data only:
-the CLI renders it (``tracking.compare_table``) and ``Comparison.plot`` draws the curves.
+the CLI renders it (``tracking.compare_table``) and ``tracking.compare_plot.plot_curves`` draws
+the curves; neither of those is imported here, so the modules form no cycle.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import InputError
@@ -45,12 +45,6 @@ class Comparison:
     params: list[tuple[str, tuple[str, ...]]]  # only params whose values differ
     metrics: list[MetricRow]
     curves: dict[str, dict[str, Curve]] = field(default_factory=dict)  # run id -> metric -> pts
-
-    def plot(self, path: Path) -> Path:
-        """Loss and AP curves of every run on shared iteration axes, as a PNG."""
-        from orchestrator.tracking.compare_plot import plot_curves
-
-        return plot_curves(self, Path(path))
 
 
 def direction(metric: str) -> str | None:

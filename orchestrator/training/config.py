@@ -8,10 +8,11 @@ from orchestrator.evaluation.postprocess import DEFAULT_CHUNK_BYTES
 from orchestrator.job import WorkerJob
 from orchestrator.models.arch import get_arch
 
-__all__ = ["build_cfg", "apply_plan"]
+__all__ = ["build_cfg", "apply_plan", "set_dotted"]
 
 
-def _set(cfg: CfgNode, dotted: str, value: object) -> None:
+def set_dotted(cfg: CfgNode, dotted: str, value: object) -> None:
+    """``set_dotted(cfg, "MODEL.FCOS.NUM_CLASSES", 3)``: arch tables name keys as dotted paths."""
     node = cfg
     *parents, leaf = dotted.split(".")
     for part in parents:
@@ -47,12 +48,12 @@ def _apply_data(cfg: CfgNode, job: WorkerJob) -> None:
     arch = get_arch(job.spec.model.arch)
     if job.data.class_names:
         for key in arch.num_classes_keys:
-            _set(cfg, key, len(job.data.class_names))
+            set_dotted(cfg, key, len(job.data.class_names))
     for key in arch.score_thresh_keys:
-        _set(cfg, key, job.spec.eval.score_thresh)
+        set_dotted(cfg, key, job.spec.eval.score_thresh)
     cfg.TEST.DETECTIONS_PER_IMAGE = job.spec.eval.max_dets
     for key in arch.max_dets_keys:
-        _set(cfg, key, job.spec.eval.max_dets)
+        set_dotted(cfg, key, job.spec.eval.max_dets)
 
 
 def build_cfg(job: WorkerJob, device: str) -> CfgNode:

@@ -9,6 +9,7 @@ from PIL import Image
 
 from orchestrator.errors import InputError
 from orchestrator.tracking.compare import compare_runs, direction
+from orchestrator.tracking.compare_plot import plot_curves
 from orchestrator.tracking.compare_table import comparison_tables
 from tests.tracking.conftest import Populated, log_run
 
@@ -56,11 +57,11 @@ def test_unknown_and_ambiguous_names(store: str) -> None:
 def test_plot_writes_a_png(populated: Populated, tmp_path: Path) -> None:
     comparison = compare_runs([populated.w2, populated.w4, populated.d2, populated.mmdet],
                               tracking_uri=populated.uri)
-    out = comparison.plot(tmp_path / "plots" / "curves.png")
+    out = plot_curves(comparison, tmp_path / "plots" / "curves.png")
     assert out.stat().st_size > 0
     with Image.open(out) as image:
         assert image.format == "PNG"
         assert image.mode in ("RGBA", "RGB")
         assert image.size[0] > image.size[1] > 100
     with pytest.raises(InputError, match=r"\*\.png"):
-        comparison.plot(tmp_path / "curves.pdf")
+        plot_curves(comparison, tmp_path / "curves.pdf")
