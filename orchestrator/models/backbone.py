@@ -10,21 +10,15 @@ from detectron2.config import CfgNode
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY
 from detectron2.modeling.backbone import FPN, Backbone, build_resnet_backbone
-from detectron2.modeling.backbone.fpn import LastLevelMaxPool, LastLevelP6P7
 from torch import nn
+
+from orchestrator.models.top_levels import fcos_top_block
 
 __all__ = ["build_fcos_resnet_fpn_backbone"]
 
 
 def _top_block(cfg: CfgNode, out_channels: int) -> nn.Module | None:
-    levels = cfg.MODEL.FCOS.TOP_LEVELS
-    if levels == 2:
-        return LastLevelP6P7(out_channels, out_channels, in_feature="p5")
-    if levels == 1:
-        return LastLevelMaxPool()
-    if levels == 0:
-        return None
-    raise ValueError(f"MODEL.FCOS.TOP_LEVELS must be 0, 1 or 2, got {levels}")
+    return fcos_top_block(cfg, out_channels)
 
 
 @BACKBONE_REGISTRY.register()

@@ -30,33 +30,50 @@ from orchestrator.models.layers import (
     normal_init,
 )
 from orchestrator.models.losses import dice_loss
+from orchestrator.models.semantic import semantic_layers, semantic_loss, semantic_targets
 
 __all__ = ["CondInst", "MaskBranch", "DynamicMaskHead", "parse_dynamic_params",
            "postprocess_masks"]
 
 
 class MaskBranch(nn.Module):
-    """Refine p3-p5, merge them at p3's stride with aligned_bilinear, then a conv tower."""
+    """Refine p3-p5, merge them at p3's stride with aligned_bilinear, then a conv tower.
+
+    With ``semantic_classes`` > 0 (SEMANTIC_LOSS_ON) it also owns the auxiliary semantic head
+    (``seg_head`` + ``logits`` on p3), trained by ``semantic_loss`` and unused at inference.
+    """
 
     @configurable
     def __init__(self, *, in_features: list[str], in_channels: int, channels: int,
-                 out_channels: int, num_convs: int, norm: str) -> None:
+                 out_channels: int, num_convs: int, norm: str, semantic_classes: int = 0,
+                 out_stride: int = 8, focal_alpha: float = 0.25,
+                 focal_gamma: float = 2.0) -> None:
         super().__init__()
         self.in_features = list(in_features)
         self.refine = nn.ModuleList(
             [conv_norm_relu(in_channels, channels, 3, norm) for _ in in_features])
         tower = [conv_norm_relu(channels, channels, 3, norm) for _ in range(num_convs)]
         self.tower = nn.Sequential(*tower, nn.Conv2d(channels, out_channels, 1))
+        self.seg_head: nn.Module | None = None
+        self.logits: nn.Module | None = None
+        if semantic_classes > 0:
+            self.seg_head, self.logits = semantic_layers(in_channels, channels,
+                                                         semantic_classes, norm)
+        self.out_stride = out_stride
+        self.focal_alpha = focal_alpha
+        self.focal_gamma = focal_gamma
 
     @classmethod
     def from_config(cls, cfg: CfgNode, input_shape: dict[str, ShapeSpec]) -> dict[str, Any]:
         branch = cfg.MODEL.CONDINST.MASK_BRANCH
-        if branch.SEMANTIC_LOSS_ON:
-            raise ValueError("MODEL.CONDINST.MASK_BRANCH.SEMANTIC_LOSS_ON is not supported")
+        fcos = cfg.MODEL.FCOS
         return {"in_features": branch.IN_FEATURES,
                 "in_channels": input_shape[branch.IN_FEATURES[0]].channels,
                 "channels": branch.CHANNELS, "out_channels": branch.OUT_CHANNELS,
-                "num_convs": branch.NUM_CONVS, "norm": branch.NORM}
+                "num_convs": branch.NUM_CONVS, "norm": branch.NORM,
+                "semantic_classes": fcos.NUM_CLASSES if branch.SEMANTIC_LOSS_ON else 0,
+                "out_stride": input_shape[branch.IN_FEATURES[0]].stride,
+                "focal_alpha": fcos.LOSS_ALPHA, "focal_gamma": fcos.LOSS_GAMMA}
 
     def forward(self, features: dict[str, Tensor]) -> Tensor:
         x = self.refine[0](features[self.in_features[0]])
@@ -64,6 +81,16 @@ class MaskBranch(nn.Module):
             y = refine(features[name])
             x = x + aligned_bilinear(y, x.shape[2] // y.shape[2])
         return self.tower(x)
+
+    def semantic_loss(self, features: dict[str, Tensor],
+                      gt_instances: list[Instances]) -> dict[str, Tensor]:
+        """``loss_sem`` when the semantic head is on (needs ``gt_bitmasks_full``), else {}."""
+        if self.seg_head is None or self.logits is None:
+            return {}
+        logits = self.logits(self.seg_head(features[self.in_features[0]]))
+        targets = semantic_targets(gt_instances, self.out_stride)
+        return {"loss_sem": semantic_loss(logits, targets, alpha=self.focal_alpha,
+                                          gamma=self.focal_gamma)}
 
 
 def parse_dynamic_params(params: Tensor, in_channels: int, channels: int,
@@ -257,6 +284,7 @@ class CondInst(OneStageSegmentor):
             inst.gt_bitmasks_full = _gt_bitmasks(inst, padded)  # FCOS: centres of mass
         fcos: FCOSTrainResult
         fcos, losses = self.proposal_generator(images, features, gt_instances, self.controller)
+        losses.update(self.mask_branch.semantic_loss(features, gt_instances))
         gt_bitmasks = torch.cat([inst.gt_bitmasks_full[:, start::self.mask_out_stride,
                                                        start::self.mask_out_stride]
                                  for inst in gt_instances])

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from detectron2.config import CfgNode as CN
 
-__all__ = ["add_fcos_config", "add_blendmask_config", "add_condinst_config"]
+__all__ = ["add_fcos_config", "add_blendmask_config", "add_condinst_config",
+           "add_backbone_config"]
 
 
 def add_fcos_config(cfg: CN) -> None:
     """FCOS proposal generator keys (MODEL.FCOS) and the P6/P7 backbone keys."""
+    add_backbone_config(cfg)
     cfg.MODEL.FCOS = CN()
     fcos = cfg.MODEL.FCOS
     fcos.NUM_CLASSES = 80
@@ -102,3 +104,16 @@ def add_condinst_config(cfg: CN) -> None:
     branch.NORM = "BN"
     branch.NUM_CONVS = 4
     branch.SEMANTIC_LOSS_ON = False
+
+
+def add_backbone_config(cfg: CN) -> None:
+    """Keys of the BiFPN and DLA backbones (MODEL.BiFPN, MODEL.DLA), the reference's defaults."""
+    cfg.MODEL.BiFPN = CN()
+    cfg.MODEL.BiFPN.IN_FEATURES = ["res3", "res4", "res5"]
+    cfg.MODEL.BiFPN.OUT_CHANNELS = 160
+    cfg.MODEL.BiFPN.NUM_REPEATS = 6
+    cfg.MODEL.BiFPN.NORM = ""
+
+    cfg.MODEL.DLA = CN()
+    cfg.MODEL.DLA.CONV_BODY = "DLA34"
+    cfg.MODEL.DLA.NORM = "FrozenBN"
