@@ -47,16 +47,22 @@ def _node_key(node: Node) -> str:
 
 
 def _resize_to(x: Tensor, size: tuple[int, int]) -> Tensor:
-    """Max-pool (3x3/2) a finer map, or nearest-upsample a coarser one, to ``size``."""
+    """Max-pool (3x3/2) a finer map, or nearest-upsample a coarser one, to ``size``.
+
+    A side of 1 stays 1 when pooled, so tiny inputs (where only one side shrinks) still work.
+    """
     h, w = x.shape[-2:]
-    if h > size[0] and w > size[1]:
-        x = F.max_pool2d(x, kernel_size=3, stride=2, padding=1)
-        if tuple(x.shape[-2:]) != tuple(size):
-            raise ValueError(f"BiFPN: cannot pool {(h, w)} to {tuple(size)} with stride 2")
+    target = (int(size[0]), int(size[1]))
+    if (h, w) == target:
         return x
-    if h <= size[0] and w <= size[1]:
-        return x if (h, w) == tuple(size) else F.interpolate(x, size=size, mode="nearest")
-    raise ValueError(f"BiFPN: feature {(h, w)} is neither finer nor coarser than {tuple(size)}")
+    if h >= target[0] and w >= target[1]:
+        x = F.max_pool2d(x, kernel_size=3, stride=2, padding=1)
+        if tuple(x.shape[-2:]) != target:
+            raise ValueError(f"BiFPN: cannot pool {(h, w)} to {target} with stride 2")
+        return x
+    if h <= target[0] and w <= target[1]:
+        return F.interpolate(x, size=target, mode="nearest")
+    raise ValueError(f"BiFPN: feature {(h, w)} is neither finer nor coarser than {target}")
 
 
 class BiFPNLayer(nn.Module):
@@ -87,7 +93,7 @@ class BiFPNLayer(nn.Module):
         last_of_level = list(range(num_levels))
         for node in self.nodes:
             level, inputs = node
-            size = nodes[level].shape[-2:]
+            size = (int(nodes[level].shape[-2]), int(nodes[level].shape[-1]))
             parts = []
             for i in inputs:
                 x = nodes[i]

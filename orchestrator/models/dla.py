@@ -100,9 +100,9 @@ class Tree(nn.Module):
             children.append(bottom)
         x1 = self.tree1(x, shortcut)
         if self.depth == 1:
-            return self.root(self.tree2(x1), x1, *children)  # type: ignore[no-any-return]
+            return self.root(self.tree2(x1), x1, *children)
         children.append(x1)
-        return self.tree2(x1, children=children)  # type: ignore[no-any-return]
+        return self.tree2(x1, children=children)
 
 
 def _conv_level(in_channels: int, out_channels: int, num_convs: int, stride: int,

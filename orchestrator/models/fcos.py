@@ -35,15 +35,15 @@ class LevelNorms(nn.ModuleList):
     """One BatchNorm per FPN level ("BN"/"SyncBN" head norms): conv weights are shared across
     levels, their statistics are not. Keys ``<i>.<level>.*``."""
 
-    def forward(self, x: Tensor, level: int) -> Tensor:  # type: ignore[override]
-        return self[level](x)  # type: ignore[no-any-return]
+    def forward(self, x: Tensor, level: int) -> Tensor:
+        return self[level](x)
 
 
 class Tower(nn.Sequential):
     """[3x3 conv (bias) -> norm -> ReLU] x n; conv keys at 0, 3, 6, 9. Runs per level, so
     per-level norms pick their level's statistics."""
 
-    def forward(self, x: Tensor, level: int = 0) -> Tensor:  # type: ignore[override]
+    def forward(self, x: Tensor, level: int = 0) -> Tensor:
         for layer in self:
             x = layer(x, level) if isinstance(layer, LevelNorms) else layer(x)
         return x

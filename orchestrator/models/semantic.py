@@ -28,7 +28,7 @@ def semantic_layers(in_channels: int, channels: int, num_classes: int, norm: str
                              conv_norm_relu(channels, channels, 3, norm))
     logits = nn.Conv2d(channels, num_classes, 1)
     nn.init.normal_(logits.weight, std=0.01)
-    nn.init.constant_(logits.bias, -math.log((1 - prior_prob) / prior_prob))
+    nn.init.constant_(logits.bias, -math.log((1 - prior_prob) / prior_prob))  # type: ignore[arg-type]
     return seg_head, logits
 
 
