@@ -14,8 +14,10 @@ import torch.nn.functional as F
 from detectron2.config import CfgNode
 from detectron2.layers import Conv2d, ShapeSpec, get_norm
 from detectron2.modeling import BACKBONE_REGISTRY
-from detectron2.modeling.backbone import Backbone, build_resnet_backbone
+from detectron2.modeling.backbone import Backbone
 from torch import Tensor, nn
+
+from orchestrator.models.backbone import build_deformable_resnet_backbone
 
 __all__ = ["BiFPN", "BiFPNLayer", "BackboneWithTopLevels", "bifpn_nodes",
            "build_fcos_resnet_bifpn_backbone"]
@@ -197,10 +199,11 @@ class BiFPN(Backbone):
 
 @BACKBONE_REGISTRY.register()
 def build_fcos_resnet_bifpn_backbone(cfg: CfgNode, input_shape: ShapeSpec) -> Backbone:
-    """detectron2's ResNet (MODEL.RESNETS.*; deformable blocks as detectron2 places them) +
-    MODEL.FCOS.TOP_LEVELS pooled levels + MODEL.BiFPN.NUM_REPEATS BiFPN layers."""
+    """detectron2's ResNet (MODEL.RESNETS.*; deformable blocks in every block of a flagged stage:
+    the reference's BiFPN ignores DEFORM_INTERVAL) + MODEL.FCOS.TOP_LEVELS pooled levels +
+    MODEL.BiFPN.NUM_REPEATS BiFPN layers."""
     bifpn = cfg.MODEL.BiFPN
-    return BiFPN(bottom_up=build_resnet_backbone(cfg, input_shape),
+    return BiFPN(bottom_up=build_deformable_resnet_backbone(cfg, input_shape, interval=1),
                  in_features=list(bifpn.IN_FEATURES), out_channels=bifpn.OUT_CHANNELS,
                  num_top_levels=cfg.MODEL.FCOS.TOP_LEVELS, num_repeats=bifpn.NUM_REPEATS,
                  norm=bifpn.NORM)

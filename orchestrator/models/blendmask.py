@@ -12,7 +12,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from detectron2.config import CfgNode, configurable
-from detectron2.layers import ShapeSpec, get_norm
+from detectron2.layers import ShapeSpec
 from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_sem_seg_head
 from detectron2.modeling.poolers import ROIPooler
 from detectron2.modeling.postprocessing import detector_postprocess, sem_seg_postprocess
@@ -30,14 +30,18 @@ PANOPTIC_TRAINING_ERROR = (
     "Panoptic/ configs build and load the published checkpoints for inference only")
 
 
-def _seg_head(in_channels: int, channels: int, num_classes: int, norm: str) -> nn.Sequential:
-    """Auxiliary semantic head on p3 (training only): keys 0/1, 3/4 (conv, norm) and 6."""
+def _seg_head(in_channels: int, channels: int, num_classes: int) -> nn.Sequential:
+    """Auxiliary semantic head on p3 (training only): keys 0/1, 3/4 (conv, norm) and 6.
+
+    Its norm is plain BatchNorm2d whatever BASIS_MODULE.NORM says, as in the reference (so a
+    GN or SyncBN basis module still has BN statistics here, and checkpoints agree).
+    """
     convs = [nn.Conv2d(in_channels, channels, 3, padding=1, bias=False),
              nn.Conv2d(channels, channels, 3, padding=1, bias=False)]
     for conv in convs:
         nn.init.kaiming_uniform_(conv.weight, a=1)
-    return nn.Sequential(convs[0], get_norm(norm, channels), nn.ReLU(),
-                         convs[1], get_norm(norm, channels), nn.ReLU(),
+    return nn.Sequential(convs[0], nn.BatchNorm2d(channels), nn.ReLU(),
+                         convs[1], nn.BatchNorm2d(channels), nn.ReLU(),
                          nn.Conv2d(channels, num_classes + 1, 1))
 
 
@@ -58,7 +62,7 @@ class BasisModule(nn.Module):
             conv_norm_relu(channels, channels, 3, norm),
             nn.Conv2d(channels, num_bases, 1))
         self.loss_weight = loss_weight
-        self.seg_head = _seg_head(in_channels, channels, num_classes, norm) if loss_on else None
+        self.seg_head = _seg_head(in_channels, channels, num_classes) if loss_on else None
 
     @classmethod
     def from_config(cls, cfg: CfgNode, input_shape: dict[str, ShapeSpec]) -> dict[str, Any]:

@@ -33,7 +33,7 @@ from orchestrator.models.losses import dice_loss
 from orchestrator.models.semantic import semantic_layers, semantic_loss, semantic_targets
 
 __all__ = ["CondInst", "MaskBranch", "DynamicMaskHead", "parse_dynamic_params",
-           "postprocess_masks"]
+           "postprocess_masks", "topk_per_gt"]
 
 
 class MaskBranch(nn.Module):
@@ -145,8 +145,15 @@ class DynamicMaskHead(nn.Module):
                 "disable_rel_coords": head.DISABLE_REL_COORDS}
 
     @property
+    def num_inputs(self) -> int:
+        """Input channels of the first dynamic layer: the mask features, plus (rel-x, rel-y)
+        unless DISABLE_REL_COORDS."""
+        return self.in_channels + (0 if self.disable_rel_coords else 2)
+
+    @property
     def num_gen_params(self) -> int:
-        dims = [self.in_channels + 2] + [self.channels] * (self.num_layers - 1) + [1]
+        """Width of ``controller``: 169 with coordinates, 153 without (8 mask channels)."""
+        dims = [self.num_inputs] + [self.channels] * (self.num_layers - 1) + [1]
         return sum(dims[i] * dims[i + 1] + dims[i + 1] for i in range(self.num_layers))
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str,
@@ -167,11 +174,11 @@ class DynamicMaskHead(nn.Module):
         ``locations``, ``fpn_levels`` and ``top_feats`` (the controller outputs)."""
         n, (_, c, h, w) = len(instances), mask_feats.shape
         feats = mask_feats[instances.im_inds].reshape(n, c, h * w)
-        coords = self._relative_coords(instances, h, w).to(feats.dtype)
-        if self.disable_rel_coords:
-            coords = torch.zeros_like(coords)
-        x = torch.cat([coords, feats], dim=1).reshape(1, n * (c + 2), h, w)
-        weights, biases = parse_dynamic_params(instances.top_feats, self.in_channels + 2,
+        if not self.disable_rel_coords:
+            coords = self._relative_coords(instances, h, w).to(feats.dtype)
+            feats = torch.cat([coords, feats], dim=1)
+        x = feats.reshape(1, n * feats.shape[1], h, w)
+        weights, biases = parse_dynamic_params(instances.top_feats, self.num_inputs,
                                                self.channels, self.num_layers)
         for i, (weight, bias) in enumerate(zip(weights, biases, strict=True)):
             x = F.conv2d(x, weight, bias=bias, groups=n)
@@ -231,6 +238,36 @@ def _gt_bitmasks(instances: Instances, padded_size: tuple[int, int]) -> Tensor:
     return F.pad(tensor, (0, w - tensor.shape[2], 0, h - tensor.shape[1]))
 
 
+def _check_proposal_caps(max_proposals: int, topk_proposals_per_im: int) -> None:
+    """-1 switches a cap off; MAX_PROPOSALS 0 would train the mask head on nothing."""
+    if max_proposals == 0 or max_proposals < -1:
+        raise ValueError("MODEL.CONDINST.MAX_PROPOSALS must be -1 (all positives) or a positive "
+                         f"number of instances, got {max_proposals}")
+    if topk_proposals_per_im < -1:
+        raise ValueError("MODEL.CONDINST.TOPK_PROPOSALS_PER_IM must be -1 (off) or >= 0, got "
+                         f"{topk_proposals_per_im}")
+    if max_proposals != -1 and topk_proposals_per_im != -1:
+        raise ValueError("MODEL.CONDINST.MAX_PROPOSALS and TOPK_PROPOSALS_PER_IM cannot both be "
+                         "on (set one of them to -1)")
+
+
+def topk_per_gt(positives: Instances, k: int) -> Tensor:
+    """Indices of the positives kept by TOPK_PROPOSALS_PER_IM = k: in each image, every GT
+    instance with positive locations keeps its max(k // (number of such GTs), 1) best by
+    sigmoid(cls) * sigmoid(ctr)."""
+    scores = positives.logits_pred.sigmoid().max(dim=1).values
+    scores = scores * positives.ctrness_pred.sigmoid()
+    kept = [positives.gt_inds.new_zeros(0)]
+    for image in positives.im_inds.unique(sorted=True):
+        in_image = positives.im_inds == image
+        gts = positives.gt_inds[in_image].unique(sorted=True)
+        per_gt = max(k // len(gts), 1)
+        for gt in gts:
+            idx = torch.nonzero(in_image & (positives.gt_inds == gt)).squeeze(1)
+            kept.append(idx[scores[idx].topk(min(per_gt, len(idx))).indices])
+    return torch.cat(kept)
+
+
 @META_ARCH_REGISTRY.register()
 class CondInst(OneStageSegmentor):
     """CondInst meta-architecture: FCOS + mask branch + controller + dynamic mask head."""
@@ -243,8 +280,7 @@ class CondInst(OneStageSegmentor):
                  mask_chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> None:
         super().__init__(backbone=backbone, proposal_generator=proposal_generator,
                          pixel_mean=pixel_mean, pixel_std=pixel_std)
-        if max_proposals > 0 and topk_proposals_per_im > 0:
-            raise ValueError("MAX_PROPOSALS and TOPK_PROPOSALS_PER_IM cannot both be on")
+        _check_proposal_caps(max_proposals, topk_proposals_per_im)
         self.mask_head = mask_head
         self.mask_branch = mask_branch
         self.controller = normal_init(
@@ -288,32 +324,20 @@ class CondInst(OneStageSegmentor):
         gt_bitmasks = torch.cat([inst.gt_bitmasks_full[:, start::self.mask_out_stride,
                                                        start::self.mask_out_stride]
                                  for inst in gt_instances])
-        positives = self._select_positives(fcos.positives, gt_instances)
+        positives = self._select_positives(fcos.positives)
         losses["loss_mask"] = self.mask_head.loss(mask_feats, positives, gt_bitmasks)
         return losses
 
-    def _select_positives(self, positives: Instances, gt_instances: list[Instances]) -> Instances:
+    def _select_positives(self, positives: Instances) -> Instances:
         """Cap the instances the mask loss sees: a random subset, or the best per GT."""
-        if 0 < self.max_proposals < len(positives):
+        if self.max_proposals != -1:
+            if len(positives) <= self.max_proposals:
+                return positives
             keep = torch.randperm(len(positives), device=positives.gt_inds.device)
             return positives[keep[: self.max_proposals]]
-        if self.topk_proposals_per_im > 0:
-            return self._topk_per_gt(positives, gt_instances)
+        if self.topk_proposals_per_im != -1:
+            return positives[topk_per_gt(positives, self.topk_proposals_per_im)]
         return positives
-
-    def _topk_per_gt(self, positives: Instances, gt_instances: list[Instances]) -> Instances:
-        scores = positives.logits_pred.sigmoid().max(dim=1).values
-        scores = scores * positives.ctrness_pred.sigmoid()
-        kept = []
-        offset = 0
-        for inst in gt_instances:
-            per_gt = max(self.topk_proposals_per_im // max(len(inst), 1), 1)
-            for gt in range(offset, offset + len(inst)):
-                idx = torch.nonzero(positives.gt_inds == gt).squeeze(1)
-                kept.append(idx[scores[idx].topk(min(per_gt, len(idx))).indices])
-            offset += len(inst)
-        index = torch.cat(kept) if kept else positives.gt_inds.new_zeros(0)
-        return positives[index]
 
     def _inference(self, batched_inputs: list[dict[str, Any]], images: ImageList,
                    mask_feats: Tensor, detections: list[Instances]) -> list[dict[str, Instances]]:

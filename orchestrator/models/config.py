@@ -13,7 +13,8 @@ __all__ = ["add_fcos_config", "add_blendmask_config", "add_condinst_config",
 
 
 def add_fcos_config(cfg: CN) -> None:
-    """FCOS proposal generator keys (MODEL.FCOS) and the P6/P7 backbone keys."""
+    """FCOS proposal generator keys (MODEL.FCOS), the P6/P7 backbone keys and
+    MODEL.RESNETS.DEFORM_INTERVAL."""
     add_backbone_config(cfg)
     cfg.MODEL.FCOS = CN()
     fcos = cfg.MODEL.FCOS
@@ -48,6 +49,8 @@ def add_fcos_config(cfg: CN) -> None:
     fcos.LOC_LOSS_TYPE = "giou"
     fcos.YIELD_PROPOSAL = False
     fcos.YIELD_BOX_FEATURES = False
+    # In a stage of DEFORM_ON_PER_STAGE, only every DEFORM_INTERVAL-th block is deformable.
+    cfg.MODEL.RESNETS.DEFORM_INTERVAL = 1
 
 
 def add_blendmask_config(cfg: CN) -> None:
