@@ -44,13 +44,14 @@ def _submit(job: Path, overrides: list[str], workdir: Path) -> dict[str, float]:
     return metrics
 
 
-def measure(arch: str, overrides: list[str],
-            root: Path) -> tuple[float, float, float, float]:
+def measure(arch: str, overrides: list[str], root: Path,
+            untrained_too: bool = True) -> tuple[float, float, float, float]:
     """(untrained segm AP, trained segm AP, trained bbox AP, s/iter) for one demo model."""
     job = REPO / "jobs" / f"demo-{arch}.yaml"
     # Untrained scores sit below the default threshold; 0 lets COCO eval see every detection.
-    untrained = _submit(job, [*overrides, "solver.max_iter=1", "solver.steps=[]",
-                              "eval.score_thresh=0.0", f"name=bench-{arch}-untrained"], root)
+    untrained = (_submit(job, [*overrides, "solver.max_iter=1", "solver.steps=[]",
+                               "eval.score_thresh=0.0", f"name=bench-{arch}-untrained"], root)
+                 if untrained_too else {})
     trained = _submit(job, [*overrides, f"name=bench-{arch}-trained"], root)
     return (untrained.get("segm/AP", float("nan")), trained["segm/AP"], trained["bbox/AP"],
             trained["s_per_iter"])
@@ -59,11 +60,14 @@ def measure(arch: str, overrides: list[str],
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", action="append", choices=ARCHS, help="default: all")
+    parser.add_argument("--no-untrained", action="store_true",
+                        help="skip the untrained baselines (prints nan for them)")
     parser.add_argument("overrides", nargs="*", help="job spec overrides, key.path=value")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="models-learn-") as tmp:
         for arch in args.arch or ARCHS:
-            before, after, box, speed = measure(arch, args.overrides, Path(tmp))
+            before, after, box, speed = measure(arch, args.overrides, Path(tmp),
+                                                not args.no_untrained)
             print(f"{arch:13s} segm/AP untrained {before:6.2f}  trained {after:6.2f}"
                   f"  (bbox/AP {box:6.2f})  {speed:.3f} s/iter", flush=True)
 
