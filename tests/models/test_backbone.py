@@ -17,7 +17,7 @@ from detectron2.modeling.backbone import build_resnet_backbone
 from orchestrator.models.backbone import build_deformable_resnet_backbone, deformable_blocks
 from orchestrator.models.deform import DeformBasicBlock, DeformBottleneckBlock
 from tests.conftest import REPO
-from tests.models.helpers import DEMO_CONFIGS, build, make_cfg
+from tests.models.helpers import DEMO_CONFIGS, build, make_cfg, tiny_input
 
 # The project's shared/ folder sits next to the checkout; ORCHESTRATOR_SHARED points elsewhere.
 STATE_DICTS = (Path(os.environ.get("ORCHESTRATOR_SHARED", REPO.parent / "shared"))
@@ -108,3 +108,22 @@ def test_published_dcn_blendmask_has_the_reference_state_dict() -> None:
     assert ours == reference["state_dict"]
     assert len(ours) == reference["num_state_dict_entries"]
     assert sum(p.numel() for p in model.parameters()) == reference["num_params"]
+
+
+def test_deformable_demo_model_trains_its_offsets() -> None:
+    """The CPU demo with deformable res4/res5: losses finite, offset convs leave zero."""
+    model = build(make_cfg("blendmask", REPO / "configs/blendmask/blendmask_R_18_dcn_demo.yaml",
+                           num_classes=4)).train()
+    names = _deformable_names(model)
+    assert names == [f"backbone.bottom_up.res{s}.{i}" for s in (4, 5) for i in (0, 1)]
+    offset = model.backbone.bottom_up.res5[1].conv2_offset.weight
+    assert not offset.any()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    batch = [tiny_input(with_sem=True), tiny_input(with_sem=True)]
+    for _ in range(2):
+        losses = model(batch)
+        assert all(torch.isfinite(v) for v in losses.values()), losses
+        optimizer.zero_grad()
+        sum(losses.values()).backward()
+        optimizer.step()
+    assert offset.any()
