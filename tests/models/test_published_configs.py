@@ -63,3 +63,6 @@ def test_published_config_builds_the_reference_state_dict(name: str) -> None:
     assert {k: (v, expected[k]) for k, v in ours.items() if expected[k] != v} == {}
     assert len(ours) == reference["num_state_dict_entries"]
     assert sum(p.numel() for p in model.parameters()) == reference["num_params"]
+    # A checkpoint with exactly these entries loads strictly (meta tensors: no memory).
+    checkpoint = {k: torch.empty(shape, device="meta") for k, shape in expected.items()}
+    model.load_state_dict(checkpoint, strict=True, assign=True)
