@@ -18,6 +18,7 @@ from orchestrator.data.catalog import ResolvedData, resolve_data
 from orchestrator.errors import InputError, JobFailedError
 from orchestrator.job import WorkerJob
 from orchestrator.models import PROJECT_ROOT, SUPPORTED_ARCHS, resolve_model_config
+from orchestrator.models.preflight import check_trainable
 from orchestrator.plan import ScalingPlan, make_plan
 from orchestrator.spec import JobSpec
 from orchestrator.tracking.run import RunTracker, default_tracking_uri, flatten, git_commit
@@ -68,6 +69,7 @@ def prepare(spec: JobSpec, *, workdir: Path | None = None, strict: bool = True) 
         raise InputError(f"model.arch: '{spec.model.arch}' is not available yet "
                          f"(available: {', '.join(sorted(SUPPORTED_ARCHS))})")
     config_file = resolve_model_config(spec.model.config, workdir)
+    check_trainable(config_file, list(spec.model.opts))
     spec = _absolute(spec, workdir)
     data = resolve_data(spec, cache_root=workdir / ".orchestrator" / "datasets", base=workdir,
                         strict=strict)

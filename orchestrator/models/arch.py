@@ -12,11 +12,13 @@ from typing import Any
 
 from detectron2.config import CfgNode
 
-# Importing the model modules registers FCOS, CondInst, BlendMask and the FCOS backbone with
+# Importing the model modules registers FCOS, CondInst, BlendMask and the FCOS backbones with
 # detectron2's registries; this module is only imported by code that builds models.
 from orchestrator.models import backbone as _backbone  # noqa: F401
+from orchestrator.models import bifpn as _bifpn  # noqa: F401
 from orchestrator.models import blendmask as _blendmask  # noqa: F401
 from orchestrator.models import condinst as _condinst  # noqa: F401
+from orchestrator.models import dla as _dla  # noqa: F401
 from orchestrator.models import fcos as _fcos  # noqa: F401
 from orchestrator.models.config import add_blendmask_config, add_condinst_config
 from orchestrator.models.mapper import DatasetMapperWithBasis

@@ -12,10 +12,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from detectron2.config import CfgNode, configurable
-from detectron2.layers import ShapeSpec, get_norm
-from detectron2.modeling import META_ARCH_REGISTRY, Backbone
+from detectron2.layers import ShapeSpec
+from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_sem_seg_head
 from detectron2.modeling.poolers import ROIPooler
-from detectron2.modeling.postprocessing import detector_postprocess
+from detectron2.modeling.postprocessing import detector_postprocess, sem_seg_postprocess
 from detectron2.structures import Boxes, ImageList, Instances
 from torch import Tensor, nn
 
@@ -23,17 +23,25 @@ from orchestrator.models.base import OneStageSegmentor
 from orchestrator.models.fcos_outputs import FCOSTrainResult
 from orchestrator.models.layers import conv_norm_relu, normal_init
 
-__all__ = ["BlendMask", "BasisModule", "Blender"]
+__all__ = ["BlendMask", "BasisModule", "Blender", "PANOPTIC_TRAINING_ERROR"]
+
+PANOPTIC_TRAINING_ERROR = (
+    "panoptic training is not supported yet (MODEL.PANOPTIC_FPN.COMBINE.ENABLED is True): the "
+    "Panoptic/ configs build and load the published checkpoints for inference only")
 
 
-def _seg_head(in_channels: int, channels: int, num_classes: int, norm: str) -> nn.Sequential:
-    """Auxiliary semantic head on p3 (training only): keys 0/1, 3/4 (conv, norm) and 6."""
+def _seg_head(in_channels: int, channels: int, num_classes: int) -> nn.Sequential:
+    """Auxiliary semantic head on p3 (training only): keys 0/1, 3/4 (conv, norm) and 6.
+
+    Its norm is plain BatchNorm2d whatever BASIS_MODULE.NORM says, as in the reference (so a
+    GN or SyncBN basis module still has BN statistics here, and checkpoints agree).
+    """
     convs = [nn.Conv2d(in_channels, channels, 3, padding=1, bias=False),
              nn.Conv2d(channels, channels, 3, padding=1, bias=False)]
     for conv in convs:
         nn.init.kaiming_uniform_(conv.weight, a=1)
-    return nn.Sequential(convs[0], get_norm(norm, channels), nn.ReLU(),
-                         convs[1], get_norm(norm, channels), nn.ReLU(),
+    return nn.Sequential(convs[0], nn.BatchNorm2d(channels), nn.ReLU(),
+                         convs[1], nn.BatchNorm2d(channels), nn.ReLU(),
                          nn.Conv2d(channels, num_classes + 1, 1))
 
 
@@ -54,7 +62,7 @@ class BasisModule(nn.Module):
             conv_norm_relu(channels, channels, 3, norm),
             nn.Conv2d(channels, num_bases, 1))
         self.loss_weight = loss_weight
-        self.seg_head = _seg_head(in_channels, channels, num_classes, norm) if loss_on else None
+        self.seg_head = _seg_head(in_channels, channels, num_classes) if loss_on else None
 
     @classmethod
     def from_config(cls, cfg: CfgNode, input_shape: dict[str, ShapeSpec]) -> dict[str, Any]:
@@ -135,10 +143,14 @@ class BlendMask(OneStageSegmentor):
     @configurable
     def __init__(self, *, backbone: Backbone, proposal_generator: nn.Module,
                  pixel_mean: tuple[float, ...], pixel_std: tuple[float, ...],
-                 basis_module: BasisModule, blender: Blender, top_in_channels: int) -> None:
+                 basis_module: BasisModule, blender: Blender, top_in_channels: int,
+                 panoptic_module: nn.Module | None = None) -> None:
         super().__init__(backbone=backbone, proposal_generator=proposal_generator,
                          pixel_mean=pixel_mean, pixel_std=pixel_std)
         self.basis_module = basis_module
+        # Panoptic configs: detectron2's semantic FPN head for the stuff classes. Inference adds
+        # its ``sem_seg``; training it (panoptic data, losses, evaluation) is not supported yet.
+        self.panoptic_module = panoptic_module
         self.blender = blender
         attn_len = blender.num_bases * blender.attn_size**2
         self.top_layer = normal_init(nn.Conv2d(top_in_channels, attn_len, 3, padding=1))
@@ -149,6 +161,8 @@ class BlendMask(OneStageSegmentor):
         shapes = ret["backbone"].output_shape()
         ret.update(basis_module=BasisModule(cfg, shapes), blender=Blender(cfg),
                    top_in_channels=shapes[cfg.MODEL.FCOS.IN_FEATURES[0]].channels)
+        if cfg.MODEL.PANOPTIC_FPN.COMBINE.ENABLED:
+            ret["panoptic_module"] = build_sem_seg_head(cfg, shapes)
         return ret
 
     def forward(self, batched_inputs: list[dict[str, Any]]) -> Any:
@@ -159,12 +173,21 @@ class BlendMask(OneStageSegmentor):
         bases, _ = self.basis_module(features)
         detections, _ = self.proposal_generator(images, features, None, self.top_layer)
         self.blender.predict(bases, detections)
-        return [{"instances": _strip(detector_postprocess(
+        outputs = [{"instances": _strip(detector_postprocess(
             det, x.get("height", det.image_size[0]), x.get("width", det.image_size[1])))}
             for det, x in zip(detections, batched_inputs, strict=True)]
+        if self.panoptic_module is not None:
+            sem_seg, _ = self.panoptic_module(features)
+            for out, logits, x, size in zip(outputs, sem_seg, batched_inputs,
+                                            images.image_sizes, strict=True):
+                out["sem_seg"] = sem_seg_postprocess(logits, size, x.get("height", size[0]),
+                                                     x.get("width", size[1]))
+        return outputs
 
     def _losses(self, batched_inputs: list[dict[str, Any]], images: ImageList,
                 features: dict[str, Tensor]) -> dict[str, Tensor]:
+        if self.panoptic_module is not None:
+            raise ValueError(PANOPTIC_TRAINING_ERROR)
         gt_instances = self.gt_instances(batched_inputs)
         sem = None
         if all("basis_sem" in x for x in batched_inputs):

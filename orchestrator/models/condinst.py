@@ -30,33 +30,50 @@ from orchestrator.models.layers import (
     normal_init,
 )
 from orchestrator.models.losses import dice_loss
+from orchestrator.models.semantic import semantic_layers, semantic_loss, semantic_targets
 
 __all__ = ["CondInst", "MaskBranch", "DynamicMaskHead", "parse_dynamic_params",
-           "postprocess_masks"]
+           "postprocess_masks", "topk_per_gt"]
 
 
 class MaskBranch(nn.Module):
-    """Refine p3-p5, merge them at p3's stride with aligned_bilinear, then a conv tower."""
+    """Refine p3-p5, merge them at p3's stride with aligned_bilinear, then a conv tower.
+
+    With ``semantic_classes`` > 0 (SEMANTIC_LOSS_ON) it also owns the auxiliary semantic head
+    (``seg_head`` + ``logits`` on p3), trained by ``semantic_loss`` and unused at inference.
+    """
 
     @configurable
     def __init__(self, *, in_features: list[str], in_channels: int, channels: int,
-                 out_channels: int, num_convs: int, norm: str) -> None:
+                 out_channels: int, num_convs: int, norm: str, semantic_classes: int = 0,
+                 out_stride: int = 8, focal_alpha: float = 0.25,
+                 focal_gamma: float = 2.0) -> None:
         super().__init__()
         self.in_features = list(in_features)
         self.refine = nn.ModuleList(
             [conv_norm_relu(in_channels, channels, 3, norm) for _ in in_features])
         tower = [conv_norm_relu(channels, channels, 3, norm) for _ in range(num_convs)]
         self.tower = nn.Sequential(*tower, nn.Conv2d(channels, out_channels, 1))
+        self.seg_head: nn.Module | None = None
+        self.logits: nn.Module | None = None
+        if semantic_classes > 0:
+            self.seg_head, self.logits = semantic_layers(in_channels, channels,
+                                                         semantic_classes, norm)
+        self.out_stride = out_stride
+        self.focal_alpha = focal_alpha
+        self.focal_gamma = focal_gamma
 
     @classmethod
     def from_config(cls, cfg: CfgNode, input_shape: dict[str, ShapeSpec]) -> dict[str, Any]:
         branch = cfg.MODEL.CONDINST.MASK_BRANCH
-        if branch.SEMANTIC_LOSS_ON:
-            raise ValueError("MODEL.CONDINST.MASK_BRANCH.SEMANTIC_LOSS_ON is not supported")
+        fcos = cfg.MODEL.FCOS
         return {"in_features": branch.IN_FEATURES,
                 "in_channels": input_shape[branch.IN_FEATURES[0]].channels,
                 "channels": branch.CHANNELS, "out_channels": branch.OUT_CHANNELS,
-                "num_convs": branch.NUM_CONVS, "norm": branch.NORM}
+                "num_convs": branch.NUM_CONVS, "norm": branch.NORM,
+                "semantic_classes": fcos.NUM_CLASSES if branch.SEMANTIC_LOSS_ON else 0,
+                "out_stride": input_shape[branch.IN_FEATURES[0]].stride,
+                "focal_alpha": fcos.LOSS_ALPHA, "focal_gamma": fcos.LOSS_GAMMA}
 
     def forward(self, features: dict[str, Tensor]) -> Tensor:
         x = self.refine[0](features[self.in_features[0]])
@@ -64,6 +81,16 @@ class MaskBranch(nn.Module):
             y = refine(features[name])
             x = x + aligned_bilinear(y, x.shape[2] // y.shape[2])
         return self.tower(x)
+
+    def semantic_loss(self, features: dict[str, Tensor],
+                      gt_instances: list[Instances]) -> dict[str, Tensor]:
+        """``loss_sem`` when the semantic head is on (needs ``gt_bitmasks_full``), else {}."""
+        if self.seg_head is None or self.logits is None:
+            return {}
+        logits = self.logits(self.seg_head(features[self.in_features[0]]))
+        targets = semantic_targets(gt_instances, self.out_stride)
+        return {"loss_sem": semantic_loss(logits, targets, alpha=self.focal_alpha,
+                                          gamma=self.focal_gamma)}
 
 
 def parse_dynamic_params(params: Tensor, in_channels: int, channels: int,
@@ -118,8 +145,15 @@ class DynamicMaskHead(nn.Module):
                 "disable_rel_coords": head.DISABLE_REL_COORDS}
 
     @property
+    def num_inputs(self) -> int:
+        """Input channels of the first dynamic layer: the mask features, plus (rel-x, rel-y)
+        unless DISABLE_REL_COORDS."""
+        return self.in_channels + (0 if self.disable_rel_coords else 2)
+
+    @property
     def num_gen_params(self) -> int:
-        dims = [self.in_channels + 2] + [self.channels] * (self.num_layers - 1) + [1]
+        """Width of ``controller``: 169 with coordinates, 153 without (8 mask channels)."""
+        dims = [self.num_inputs] + [self.channels] * (self.num_layers - 1) + [1]
         return sum(dims[i] * dims[i + 1] + dims[i + 1] for i in range(self.num_layers))
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str,
@@ -140,11 +174,11 @@ class DynamicMaskHead(nn.Module):
         ``locations``, ``fpn_levels`` and ``top_feats`` (the controller outputs)."""
         n, (_, c, h, w) = len(instances), mask_feats.shape
         feats = mask_feats[instances.im_inds].reshape(n, c, h * w)
-        coords = self._relative_coords(instances, h, w).to(feats.dtype)
-        if self.disable_rel_coords:
-            coords = torch.zeros_like(coords)
-        x = torch.cat([coords, feats], dim=1).reshape(1, n * (c + 2), h, w)
-        weights, biases = parse_dynamic_params(instances.top_feats, self.in_channels + 2,
+        if not self.disable_rel_coords:
+            coords = self._relative_coords(instances, h, w).to(feats.dtype)
+            feats = torch.cat([coords, feats], dim=1)
+        x = feats.reshape(1, n * feats.shape[1], h, w)
+        weights, biases = parse_dynamic_params(instances.top_feats, self.num_inputs,
                                                self.channels, self.num_layers)
         for i, (weight, bias) in enumerate(zip(weights, biases, strict=True)):
             x = F.conv2d(x, weight, bias=bias, groups=n)
@@ -204,6 +238,36 @@ def _gt_bitmasks(instances: Instances, padded_size: tuple[int, int]) -> Tensor:
     return F.pad(tensor, (0, w - tensor.shape[2], 0, h - tensor.shape[1]))
 
 
+def _check_proposal_caps(max_proposals: int, topk_proposals_per_im: int) -> None:
+    """-1 switches a cap off; MAX_PROPOSALS 0 would train the mask head on nothing."""
+    if max_proposals == 0 or max_proposals < -1:
+        raise ValueError("MODEL.CONDINST.MAX_PROPOSALS must be -1 (all positives) or a positive "
+                         f"number of instances, got {max_proposals}")
+    if topk_proposals_per_im < -1:
+        raise ValueError("MODEL.CONDINST.TOPK_PROPOSALS_PER_IM must be -1 (off) or >= 0, got "
+                         f"{topk_proposals_per_im}")
+    if max_proposals != -1 and topk_proposals_per_im != -1:
+        raise ValueError("MODEL.CONDINST.MAX_PROPOSALS and TOPK_PROPOSALS_PER_IM cannot both be "
+                         "on (set one of them to -1)")
+
+
+def topk_per_gt(positives: Instances, k: int) -> Tensor:
+    """Indices of the positives kept by TOPK_PROPOSALS_PER_IM = k: in each image, every GT
+    instance with positive locations keeps its max(k // (number of such GTs), 1) best by
+    sigmoid(cls) * sigmoid(ctr)."""
+    scores = positives.logits_pred.sigmoid().max(dim=1).values
+    scores = scores * positives.ctrness_pred.sigmoid()
+    kept = [positives.gt_inds.new_zeros(0)]
+    for image in positives.im_inds.unique(sorted=True):
+        in_image = positives.im_inds == image
+        gts = positives.gt_inds[in_image].unique(sorted=True)
+        per_gt = max(k // len(gts), 1)
+        for gt in gts:
+            idx = torch.nonzero(in_image & (positives.gt_inds == gt)).squeeze(1)
+            kept.append(idx[scores[idx].topk(min(per_gt, len(idx))).indices])
+    return torch.cat(kept)
+
+
 @META_ARCH_REGISTRY.register()
 class CondInst(OneStageSegmentor):
     """CondInst meta-architecture: FCOS + mask branch + controller + dynamic mask head."""
@@ -216,8 +280,7 @@ class CondInst(OneStageSegmentor):
                  mask_chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> None:
         super().__init__(backbone=backbone, proposal_generator=proposal_generator,
                          pixel_mean=pixel_mean, pixel_std=pixel_std)
-        if max_proposals > 0 and topk_proposals_per_im > 0:
-            raise ValueError("MAX_PROPOSALS and TOPK_PROPOSALS_PER_IM cannot both be on")
+        _check_proposal_caps(max_proposals, topk_proposals_per_im)
         self.mask_head = mask_head
         self.mask_branch = mask_branch
         self.controller = normal_init(
@@ -257,35 +320,24 @@ class CondInst(OneStageSegmentor):
             inst.gt_bitmasks_full = _gt_bitmasks(inst, padded)  # FCOS: centres of mass
         fcos: FCOSTrainResult
         fcos, losses = self.proposal_generator(images, features, gt_instances, self.controller)
+        losses.update(self.mask_branch.semantic_loss(features, gt_instances))
         gt_bitmasks = torch.cat([inst.gt_bitmasks_full[:, start::self.mask_out_stride,
                                                        start::self.mask_out_stride]
                                  for inst in gt_instances])
-        positives = self._select_positives(fcos.positives, gt_instances)
+        positives = self._select_positives(fcos.positives)
         losses["loss_mask"] = self.mask_head.loss(mask_feats, positives, gt_bitmasks)
         return losses
 
-    def _select_positives(self, positives: Instances, gt_instances: list[Instances]) -> Instances:
+    def _select_positives(self, positives: Instances) -> Instances:
         """Cap the instances the mask loss sees: a random subset, or the best per GT."""
-        if 0 < self.max_proposals < len(positives):
+        if self.max_proposals != -1:
+            if len(positives) <= self.max_proposals:
+                return positives
             keep = torch.randperm(len(positives), device=positives.gt_inds.device)
             return positives[keep[: self.max_proposals]]
-        if self.topk_proposals_per_im > 0:
-            return self._topk_per_gt(positives, gt_instances)
+        if self.topk_proposals_per_im != -1:
+            return positives[topk_per_gt(positives, self.topk_proposals_per_im)]
         return positives
-
-    def _topk_per_gt(self, positives: Instances, gt_instances: list[Instances]) -> Instances:
-        scores = positives.logits_pred.sigmoid().max(dim=1).values
-        scores = scores * positives.ctrness_pred.sigmoid()
-        kept = []
-        offset = 0
-        for inst in gt_instances:
-            per_gt = max(self.topk_proposals_per_im // max(len(inst), 1), 1)
-            for gt in range(offset, offset + len(inst)):
-                idx = torch.nonzero(positives.gt_inds == gt).squeeze(1)
-                kept.append(idx[scores[idx].topk(min(per_gt, len(idx))).indices])
-            offset += len(inst)
-        index = torch.cat(kept) if kept else positives.gt_inds.new_zeros(0)
-        return positives[index]
 
     def _inference(self, batched_inputs: list[dict[str, Any]], images: ImageList,
                    mask_feats: Tensor, detections: list[Instances]) -> list[dict[str, Instances]]:

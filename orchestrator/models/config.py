@@ -8,11 +8,14 @@ from __future__ import annotations
 
 from detectron2.config import CfgNode as CN
 
-__all__ = ["add_fcos_config", "add_blendmask_config", "add_condinst_config"]
+__all__ = ["add_fcos_config", "add_blendmask_config", "add_condinst_config",
+           "add_backbone_config"]
 
 
 def add_fcos_config(cfg: CN) -> None:
-    """FCOS proposal generator keys (MODEL.FCOS) and the P6/P7 backbone keys."""
+    """FCOS proposal generator keys (MODEL.FCOS), the P6/P7 backbone keys and
+    MODEL.RESNETS.DEFORM_INTERVAL."""
+    add_backbone_config(cfg)
     cfg.MODEL.FCOS = CN()
     fcos = cfg.MODEL.FCOS
     fcos.NUM_CLASSES = 80
@@ -46,6 +49,8 @@ def add_fcos_config(cfg: CN) -> None:
     fcos.LOC_LOSS_TYPE = "giou"
     fcos.YIELD_PROPOSAL = False
     fcos.YIELD_BOX_FEATURES = False
+    # In a stage of DEFORM_ON_PER_STAGE, only every DEFORM_INTERVAL-th block is deformable.
+    cfg.MODEL.RESNETS.DEFORM_INTERVAL = 1
 
 
 def add_blendmask_config(cfg: CN) -> None:
@@ -102,3 +107,16 @@ def add_condinst_config(cfg: CN) -> None:
     branch.NORM = "BN"
     branch.NUM_CONVS = 4
     branch.SEMANTIC_LOSS_ON = False
+
+
+def add_backbone_config(cfg: CN) -> None:
+    """Keys of the BiFPN and DLA backbones (MODEL.BiFPN, MODEL.DLA), the reference's defaults."""
+    cfg.MODEL.BiFPN = CN()
+    cfg.MODEL.BiFPN.IN_FEATURES = ["res3", "res4", "res5"]
+    cfg.MODEL.BiFPN.OUT_CHANNELS = 160
+    cfg.MODEL.BiFPN.NUM_REPEATS = 6
+    cfg.MODEL.BiFPN.NORM = ""
+
+    cfg.MODEL.DLA = CN()
+    cfg.MODEL.DLA.CONV_BODY = "DLA34"
+    cfg.MODEL.DLA.NORM = "FrozenBN"

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 from detectron2.config import CfgNode, configurable
-from detectron2.layers import ShapeSpec
+from detectron2.layers import ShapeSpec, get_norm
 from detectron2.modeling import PROPOSAL_GENERATOR_REGISTRY
 from detectron2.structures import ImageList, Instances
 from torch import Tensor, nn
@@ -31,17 +31,37 @@ __all__ = ["FCOS", "FCOSHead"]
 HeadOutputs = tuple[list[Tensor], list[Tensor], list[Tensor], list[Tensor] | None]
 
 
-def _tower(num_convs: int, channels: int, norm: str) -> nn.Sequential:
-    """[3x3 conv (bias) -> GN(32) -> ReLU] x num_convs; conv keys at 0, 3, 6, 9."""
+class LevelNorms(nn.ModuleList):
+    """One BatchNorm per FPN level ("BN"/"SyncBN" head norms): conv weights are shared across
+    levels, their statistics are not. Keys ``<i>.<level>.*``."""
+
+    def forward(self, x: Tensor, level: int) -> Tensor:
+        return self[level](x)
+
+
+class Tower(nn.Sequential):
+    """[3x3 conv (bias) -> norm -> ReLU] x n; conv keys at 0, 3, 6, 9. Runs per level, so
+    per-level norms pick their level's statistics."""
+
+    def forward(self, x: Tensor, level: int = 0) -> Tensor:
+        for layer in self:
+            x = layer(x, level) if isinstance(layer, LevelNorms) else layer(x)
+        return x
+
+
+def _tower(num_convs: int, channels: int, norm: str, num_levels: int = 1) -> Tower:
     layers: list[nn.Module] = []
     for _ in range(num_convs):
         layers.append(nn.Conv2d(channels, channels, 3, padding=1, bias=True))
         if norm == "GN":
             layers.append(nn.GroupNorm(32, channels))
+        elif norm in ("BN", "SyncBN"):
+            layers.append(LevelNorms([get_norm(norm, channels) for _ in range(num_levels)]))
         elif norm:
-            raise ValueError(f"MODEL.FCOS.NORM: only 'GN' or '' are supported, got {norm!r}")
+            raise ValueError("MODEL.FCOS.NORM: only 'GN', 'BN', 'SyncBN' or '' are supported, "
+                             f"got {norm!r}")
         layers.append(nn.ReLU())
-    return nn.Sequential(*layers)
+    return Tower(*layers)
 
 
 class FCOSHead(nn.Module):
@@ -52,9 +72,9 @@ class FCOSHead(nn.Module):
                  num_cls_convs: int = 4, num_box_convs: int = 4, num_share_convs: int = 0,
                  norm: str = "GN", prior_prob: float = 0.01, use_scale: bool = True) -> None:
         super().__init__()
-        self.share_tower = _tower(num_share_convs, in_channels, norm)
-        self.cls_tower = _tower(num_cls_convs, in_channels, norm)
-        self.bbox_tower = _tower(num_box_convs, in_channels, norm)
+        self.share_tower = _tower(num_share_convs, in_channels, norm, num_levels)
+        self.cls_tower = _tower(num_cls_convs, in_channels, norm, num_levels)
+        self.bbox_tower = _tower(num_box_convs, in_channels, norm, num_levels)
         self.cls_logits = nn.Conv2d(in_channels, num_classes, 3, padding=1)
         self.bbox_pred = nn.Conv2d(in_channels, 4, 3, padding=1)
         self.ctrness = nn.Conv2d(in_channels, 1, 3, padding=1)
@@ -82,9 +102,9 @@ class FCOSHead(nn.Module):
         logits, bbox_reg, ctrness = [], [], []
         top_feats: list[Tensor] | None = [] if top_module is not None else None
         for level, feature in enumerate(features):
-            feature = self.share_tower(feature)
-            box_tower = self.bbox_tower(feature)
-            logits.append(self.cls_logits(self.cls_tower(feature)))
+            feature = self.share_tower(feature, level)
+            box_tower = self.bbox_tower(feature, level)
+            logits.append(self.cls_logits(self.cls_tower(feature, level)))
             ctrness.append(self.ctrness(box_tower))
             reg = self.bbox_pred(box_tower)
             if self.scales is not None:

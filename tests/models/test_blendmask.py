@@ -85,3 +85,15 @@ def test_inference_returns_instances_at_the_requested_size(model: BlendMask) -> 
     assert inst.image_size == (96, 90) and len(inst) > 0
     assert set(inst.get_fields()) == {"pred_boxes", "scores", "pred_classes", "pred_masks"}
     assert inst.pred_masks.dtype == torch.bool and inst.pred_masks.shape[1:] == (96, 90)
+
+
+def test_semantic_head_uses_plain_batchnorm_whatever_the_basis_norm(model: BlendMask) -> None:
+    """The reference's seg_head is conv/BatchNorm2d/ReLU x 2 even when BASIS_MODULE.NORM is
+    GN (as in the demo) or SyncBN (the published configs)."""
+    basis = model.basis_module
+    assert type(basis.refine[0][1]) is nn.GroupNorm  # the demo's BASIS_MODULE.NORM
+    assert basis.seg_head is not None
+    assert [type(basis.seg_head[i]) for i in (1, 4)] == [nn.BatchNorm2d, nn.BatchNorm2d]
+    names = {k for k in basis.state_dict() if k.startswith("seg_head.1.")}
+    assert names == {f"seg_head.1.{k}" for k in ("weight", "bias", "running_mean",
+                                                  "running_var", "num_batches_tracked")}

@@ -15,6 +15,7 @@ from orchestrator.models.condinst import (
     DynamicMaskHead,
     parse_dynamic_params,
     postprocess_masks,
+    topk_per_gt,
 )
 from orchestrator.models.layers import aligned_bilinear
 from tests.models.helpers import DEMO_CONFIGS, build, make_cfg, tiny_input
@@ -90,17 +91,71 @@ def test_training_returns_the_four_losses(model: CondInst) -> None:
     assert model.mask_head._iter.item() == 1
 
 
+def _positives(gt_inds: list[int], im_inds: list[int], logits: list[float]) -> Instances:
+    n = len(gt_inds)
+    return Instances((0, 0), gt_inds=torch.tensor(gt_inds), im_inds=torch.tensor(im_inds),
+                     logits_pred=torch.tensor(logits)[:, None], ctrness_pred=torch.zeros(n))
+
+
+def test_topk_per_image_splits_k_over_the_gts_that_have_positives() -> None:
+    # Image 0 has GTs 0, 1, 2 but GT 2 has no positive location: k=4 gives 4 // 2 = 2 per GT.
+    # Image 1 has one GT (3) with three positives: it keeps min(4 // 1, 3) = 3.
+    pos = _positives(gt_inds=[0, 0, 0, 1, 1, 1, 3, 3, 3],
+                     im_inds=[0, 0, 0, 0, 0, 0, 1, 1, 1],
+                     logits=[0.0, 3.0, 1.0, 2.0, -1.0, 5.0, 1.0, 2.0, 3.0])
+    assert topk_per_gt(pos, 4).tolist() == [1, 2, 5, 3, 8, 7, 6]
+    # k smaller than the number of GTs: still one per GT (max(floor(k / n), 1)).
+    assert topk_per_gt(pos, 1).tolist() == [1, 5, 8]
+    assert topk_per_gt(pos[[]], 4).tolist() == []
+
+
 def test_proposal_caps(model: CondInst) -> None:
-    pos = Instances((0, 0), gt_inds=torch.tensor([0, 0, 0, 1, 1]),
-                    logits_pred=torch.tensor([[0.0], [3.0], [1.0], [2.0], [-1.0]]),
-                    ctrness_pred=torch.zeros(5))
-    gts = [Instances((8, 8), gt_classes=torch.tensor([0, 1]))]
+    pos = _positives(gt_inds=[0, 0, 0, 1, 1], im_inds=[0] * 5, logits=[0.0, 3.0, 1.0, 2.0, -1.0])
     model.max_proposals, model.topk_proposals_per_im = 2, -1
-    assert len(model._select_positives(pos, gts)) == 2
+    kept = model._select_positives(pos)
+    assert len(kept) == 2 and len(set(kept.logits_pred[:, 0].tolist())) == 2
+    model.max_proposals = 5
+    assert len(model._select_positives(pos)) == 5
     model.max_proposals, model.topk_proposals_per_im = -1, 2
-    kept = model._select_positives(pos, gts)
+    kept = model._select_positives(pos)
     assert kept.logits_pred[:, 0].tolist() == [3.0, 2.0]  # best one per GT (2 // 2 GTs)
     model.max_proposals, model.topk_proposals_per_im = -1, -1
+    assert len(model._select_positives(pos)) == 5
+
+
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("MAX_PROPOSALS", 0, "MAX_PROPOSALS must be -1 .* got 0"),
+    ("TOPK_PROPOSALS_PER_IM", -3, "TOPK_PROPOSALS_PER_IM must be -1 .* got -3"),
+])
+def test_proposal_caps_reject_values_that_train_nothing(key: str, value: int,
+                                                         message: str) -> None:
+    cfg = make_cfg("condinst", DEMO_CONFIGS["condinst"], num_classes=4)
+    cfg.MODEL.CONDINST[key] = value
+    with pytest.raises(ValueError, match=message):
+        build(cfg)
+    cfg.MODEL.CONDINST.MAX_PROPOSALS, cfg.MODEL.CONDINST.TOPK_PROPOSALS_PER_IM = 10, 10
+    with pytest.raises(ValueError, match="cannot both be on"):
+        build(cfg)
+
+
+def test_disable_rel_coords_drops_the_coordinate_channels() -> None:
+    cfg = make_cfg("condinst", DEMO_CONFIGS["condinst"], num_classes=4)
+    cfg.MODEL.CONDINST.MASK_HEAD.DISABLE_REL_COORDS = True
+    model = build(cfg)
+    assert model.mask_head.num_inputs == 8 and model.mask_head.num_gen_params == 153
+    assert model.controller.weight.shape[0] == 153
+    weights, _ = parse_dynamic_params(torch.zeros(1, 153), 8, 8, 3)
+    assert weights[0].shape == (8, 8, 1, 1)
+    # Without coordinates, the same parameters give the same mask wherever the instance is.
+    inst = Instances((0, 0), locations=torch.tensor([[4.0, 4.0], [60.0, 36.0]]),
+                     fpn_levels=torch.tensor([0, 2]), im_inds=torch.tensor([0, 0]),
+                     top_feats=torch.randn(1, 153).repeat(2, 1))
+    logits = model.mask_head(torch.randn(1, 8, 6, 7), inst)
+    assert logits.shape[:2] == (2, 1) and torch.equal(logits[0], logits[1])
+    with_coords = _head()
+    inst.top_feats = torch.randn(1, 169).repeat(2, 1)
+    logits = with_coords(torch.randn(1, 8, 6, 7), inst)
+    assert not torch.equal(logits[0], logits[1])
 
 
 def test_images_without_objects_or_detections(model: CondInst) -> None:

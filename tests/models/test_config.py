@@ -10,11 +10,15 @@ from orchestrator.models.arch import get_arch
 from tests.conftest import REPO
 from tests.models.helpers import make_cfg
 
+FCOS_BACKBONES = ("build_fcos_resnet_fpn_backbone", "build_fcos_resnet_bifpn_backbone",
+                  "build_fcos_dla_fpn_backbone")
+
 
 def test_models_are_registered_by_importing_arch() -> None:
     assert META_ARCH_REGISTRY.get("CondInst") and META_ARCH_REGISTRY.get("BlendMask")
     assert PROPOSAL_GENERATOR_REGISTRY.get("FCOS")
-    assert BACKBONE_REGISTRY.get("build_fcos_resnet_fpn_backbone")
+    for name in FCOS_BACKBONES:
+        assert BACKBONE_REGISTRY.get(name)
 
 
 @pytest.mark.parametrize("arch", ["blendmask", "condinst"])
@@ -28,13 +32,13 @@ def test_add_config_touches_only_the_cfg_given(arch: str) -> None:
     assert "FCOS" not in get_cfg().MODEL
 
 
-@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("[bc]*/*.yaml")),
-                         ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("[bc]*/**/*.yaml")),
+                         ids=lambda p: str(p.relative_to(REPO / "configs")))
 def test_every_config_file_merges(path) -> None:  # type: ignore[no-untyped-def]
-    arch = path.parent.name
+    arch = path.relative_to(REPO / "configs").parts[0]
     cfg = make_cfg(arch, path)
     assert cfg.MODEL.META_ARCHITECTURE == {"blendmask": "BlendMask", "condinst": "CondInst"}[arch]
-    assert cfg.MODEL.BACKBONE.NAME == "build_fcos_resnet_fpn_backbone"
+    assert cfg.MODEL.BACKBONE.NAME in FCOS_BACKBONES
     if "demo" in path.name:
         assert cfg.MODEL.RESNETS.NORM == "GN" and cfg.MODEL.BACKBONE.FREEZE_AT == 0
         assert cfg.DATALOADER.NUM_WORKERS == 0 and not cfg.MODEL.RESNETS.STRIDE_IN_1X1

@@ -108,3 +108,23 @@ def test_inference_scores_are_sqrt_of_cls_times_ctr_and_nms_applies() -> None:
     assert len(det) == 1 and det.pred_classes.tolist() == [1]
     assert det.scores.item() == torch.tensor(0.25).sqrt().item()
     assert det.pred_boxes.tensor.tolist() in ([[-4.0, -4.0, 12.0, 12.0]], [[4.0, -4.0, 20.0, 12.0]])
+
+
+def test_shared_tower_with_per_level_batch_norm() -> None:
+    """The RT "BN head": one conv tower shared by all levels, one BatchNorm per level."""
+    from orchestrator.models.fcos import FCOSHead
+
+    head = FCOSHead(in_channels=32, num_classes=3, num_levels=3, num_cls_convs=0,
+                    num_box_convs=0, num_share_convs=2, norm="BN", use_scale=False)
+    keys = set(head.state_dict())
+    assert {"share_tower.1.2.running_mean", "share_tower.4.0.num_batches_tracked"} <= keys
+    assert not any(k.startswith(("cls_tower.", "bbox_tower.")) for k in keys)
+    feats = [torch.randn(2, 32, 8, 8) + level * 5 for level in range(3)]
+    logits, _, _, _ = head(feats)
+    norms = head.share_tower[1]
+    for level, feat in enumerate(feats):  # each level's norm saw only its own level
+        batch_mean = head.share_tower[0](feat).mean(dim=(0, 2, 3)).detach()
+        assert torch.allclose(norms[level].running_mean, 0.1 * batch_mean, atol=1e-6)
+    assert not torch.allclose(norms[0].running_mean, norms[2].running_mean)
+    sum(x.sum() for x in logits).backward()
+    assert head.share_tower[0].weight.grad is not None

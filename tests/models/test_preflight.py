@@ -1,0 +1,71 @@
+"""Driver-side config checks: panoptic configs build but do not train (exit 2 before Ray)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from orchestrator.cli import app
+from orchestrator.errors import InputError
+from orchestrator.models.blendmask import PANOPTIC_TRAINING_ERROR
+from orchestrator.models.preflight import PANOPTIC_KEY, check_trainable, config_value
+from tests.conftest import REPO, TINY_JOB, write_spec
+from tests.models.helpers import make_cfg
+
+PANOPTIC = REPO / "configs/blendmask/Panoptic/R_50_3x.yaml"
+
+
+def test_config_value_follows_the_base_chain_and_opts() -> None:
+    assert config_value(PANOPTIC, PANOPTIC_KEY) is True  # set two _BASE_ levels up
+    assert config_value(PANOPTIC, "MODEL.RESNETS.DEPTH") == 50
+    assert config_value(PANOPTIC, "SOLVER.MAX_ITER") == 270000  # the child wins
+    assert config_value(PANOPTIC, PANOPTIC_KEY, [PANOPTIC_KEY, "False"]) is False
+    assert config_value(REPO / "configs/blendmask/R_50_1x.yaml", PANOPTIC_KEY) is False
+    assert config_value(REPO / "configs/condinst/MS_R_50_1x.yaml", PANOPTIC_KEY) is None
+
+
+def test_check_trainable_refuses_panoptic_configs_only() -> None:
+    with pytest.raises(InputError, match="panoptic training is not supported yet"):
+        check_trainable(PANOPTIC)
+    check_trainable(PANOPTIC, [PANOPTIC_KEY, False])
+    check_trainable(REPO / "configs/blendmask/R_50_3x.yaml")
+
+
+def test_submitting_a_panoptic_config_exits_2(workdir: Path) -> None:
+    job = write_spec(workdir / "job.yaml", TINY_JOB.replace("arch: mask_rcnn", "arch: blendmask")
+                     .replace("configs/mask_rcnn/mask_rcnn_R_18_FPN_demo.yaml",
+                              "configs/blendmask/Panoptic/R_50_1x.yaml"))
+    result = CliRunner().invoke(app, ["submit", str(job), "--dry-run"])
+    assert result.exit_code == 2, result.output
+    assert "panoptic training is not supported yet" in " ".join(result.output.split())
+    assert not (workdir / "mlflow.db").exists()
+
+
+def test_a_panoptic_model_refuses_to_train_and_predicts_sem_seg() -> None:
+    """The model side of the same rule, with a tiny panoptic BlendMask (R-18, GN, 64 px)."""
+    from detectron2.modeling import build_model
+
+    from tests.models.helpers import DEMO_CONFIGS, tiny_input
+
+    cfg = make_cfg("blendmask", DEMO_CONFIGS["blendmask"], num_classes=4)
+    cfg.MODEL.RESNETS.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
+    cfg.MODEL.FPN.IN_FEATURES = ["res2", "res3", "res4", "res5"]
+    cfg.MODEL.SEM_SEG_HEAD.CONVS_DIM = 32
+    cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES = 3
+    cfg.MODEL.PANOPTIC_FPN.COMBINE.ENABLED = True
+    cfg.MODEL.FCOS.INFERENCE_TH_TEST = 0.0
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    assert "panoptic_module.predictor.weight" in model.state_dict()
+    model.train()
+    with pytest.raises(ValueError, match="panoptic training is not supported yet"):
+        model([tiny_input(with_sem=True)])
+    assert "panoptic training is not supported yet" in PANOPTIC_TRAINING_ERROR
+    model.eval()
+    with torch.no_grad():
+        (out,) = model([tiny_input(out=(96, 90))])
+    assert out["sem_seg"].shape == (3, 96, 90)
+    assert len(out["instances"]) > 0
