@@ -98,6 +98,7 @@ def submit(
         "--verbose", "-v", help="Show the workers' detectron2 logs.")] = False,
 ) -> None:
     """Validate JOB, check its data, print the scaling plan, then train and track it."""
+    from orchestrator.launch.preflight import run_checks
     from orchestrator.launch.submit import check_data, plan_table, prepare
     from orchestrator.spec import load_spec
 
@@ -111,6 +112,7 @@ def submit(
         return
     prepared = check_data(prepare(spec, strict=not dry_run), skip=skip_data_check,
                           console=console)
+    run_checks(prepared, "plan", console=console)
     console.print(plan_table(prepared))
     if dry_run:
         console.print("dry run: nothing started")

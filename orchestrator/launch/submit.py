@@ -36,6 +36,7 @@ class Prepared:
     plan: ScalingPlan
     config_file: Path
     data_check: str = "not run"
+    preflight: bool = False  # the launch-stage checks passed (a sweep checks every child first)
 
 
 @dataclass(kw_only=True)
@@ -55,7 +56,11 @@ def _absolute(spec: JobSpec, workdir: Path) -> JobSpec:
     output = str((workdir / run.output_dir).resolve())
     tracking = (spec.tracking.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
                 or default_tracking_uri(workdir))
+    weights = spec.model.weights
+    if weights and "://" not in weights:  # checked here, read by workers elsewhere
+        weights = str((workdir / Path(weights).expanduser()).resolve())
     return spec.model_copy(update={
+        "model": spec.model.model_copy(update={"weights": weights}),
         "run": run.model_copy(update={"storage_path": storage, "output_dir": output}),
         "tracking": spec.tracking.model_copy(update={"tracking_uri": tracking}),
     })
@@ -166,9 +171,12 @@ def submit(prepared: Prepared, *, console: Console, verbose: bool = False,
            label: str = "") -> SubmitOutcome:
     """Create (or, with ``resume``, reopen) the MLflow run, train on Ray, and close the run in
     every outcome."""
-    from orchestrator.launch.embedded import check_local_resources, run_on_ray
+    from orchestrator.launch.embedded import run_on_ray
+    from orchestrator.launch.preflight import run_checks
 
-    check_local_resources(prepared.spec)
+    if not prepared.preflight:  # before the MLflow run exists and before Ray starts
+        run_checks(prepared, "plan", console=console)
+        run_checks(prepared, "launch", console=console)
     tracker = (_resume_run(prepared, resume) if resume
                else _start_run(prepared, parent_run_id))
     job = _worker_job(prepared, tracker)
