@@ -233,6 +233,9 @@ def data_check(
     workers: Annotated[int | None, typer.Option(
         "--workers", min=1, help="Threads reading image headers (default: CPUs + 4, max 32).")]
     = None,
+    decode: Annotated[bool, typer.Option(
+        "--decode", help="Also decode every image in full (threaded; slower) to find truncated "
+        "or corrupt files.")] = False,
 ) -> None:
     """Check a COCO dataset against its images; exit 2 on any error (warnings are fine)."""
     from contextlib import ExitStack
@@ -250,9 +253,10 @@ def data_check(
             progress = lambda done, total: bar.update(task, completed=done, total=total)  # noqa: E731
         if fix is not None:
             summary = fix_dataset(ann, images, fix, overwrite=overwrite, workers=workers,
-                                  progress=progress)
+                                  progress=progress, decode=decode)
             console.print(summary.format(), highlight=False)
-        report = check_dataset(fix or ann, images, workers=workers, progress=progress)
+        report = check_dataset(fix or ann, images, workers=workers, progress=progress,
+                               decode=decode)
     table = console.is_terminal and report.defects  # plain text for logs and pipes
     console.print(report.table() if table else report.format(), highlight=False)
     if report.has_errors:

@@ -131,9 +131,10 @@ def compare_weights(model: Any, checkpoint: Checkpoint, *,
                         "would skip them and train those layers from random weights): "
                         + "; ".join(_skip_message(*b) for b in unexpected_shapes[:MAX_LISTED]))
         return report
-    for key, ckpt_shape, model_shape in bad_shapes:
-        report.notes.append(_skip_message(key, ckpt_shape, model_shape)
-                            + " (a class-count-dependent layer: expected with another dataset)")
+    if bad_shapes:
+        report.notes.append(f"{len(bad_shapes)} class-count-dependent tensor(s) differ in shape "
+                            "and detectron2 will skip them (expected when fine-tuning on "
+                            f"another dataset): {_listed([b[0] for b in bad_shapes])}")
     missing = sorted(k for k in model_state if k not in state
                      and k not in ("pixel_mean", "pixel_std"))
     if missing:
