@@ -421,8 +421,10 @@ def predict(
     from rich.markup import escape
 
     from orchestrator.inference import find_images, load_run, predict_with_progress
+    from orchestrator.inference.predict import check_outputs
 
     paths = find_images(images)
+    check_outputs(paths, out)
     loaded = load_run(run, tracking_uri=_tracking_uri(tracking_uri), score=score,
                       device=device, checkpoint=checkpoint)
     console.print(f"run {loaded.run_id} ({loaded.run_name}): {len(paths)} image(s)",
