@@ -57,7 +57,9 @@ def _absolute(spec: JobSpec, workdir: Path) -> JobSpec:
     tracking = (spec.tracking.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
                 or default_tracking_uri(workdir))
     weights = spec.model.weights
-    if weights and "://" not in weights:  # checked here, read by workers elsewhere
+    # Checked here, read by workers elsewhere. A cluster's driver keeps the path as given:
+    # there it is relative to the job's working dir, on every node.
+    if weights and "://" not in weights and not os.environ.get("RAY_ADDRESS"):
         weights = str((workdir / Path(weights).expanduser()).resolve())
     return spec.model_copy(update={
         "model": spec.model.model_copy(update={"weights": weights}),
