@@ -195,3 +195,29 @@ def test_unreachable_tracking_server_answers_in_seconds(workdir: Path) -> None:
     assert "no MLflow server answers" in " ".join(proc.stderr.split())
     assert elapsed < 30, f"{elapsed:.1f}s"
     assert not (workdir / "mlflow.db").exists() and not (workdir / "mlruns").exists()
+
+
+def test_any_http_answer_counts_as_a_reachable_server() -> None:
+    """A server that answers, even 404 (no /health there), is up; a closed port is not."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    from orchestrator.launch.preflight import _probe, redact_uri
+
+    class NotFound(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+            self.send_error(404)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), NotFound)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        assert _probe(f"http://user:secret@127.0.0.1:{server.server_port}/health") is None
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert "Connection refused" in str(_probe(f"http://127.0.0.1:{free_port()}/health"))
+    assert redact_uri("http://user:secret@host:5000/x") == "http://user:***@host:5000/x"
