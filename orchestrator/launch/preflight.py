@@ -46,6 +46,7 @@ class Context:
     notes: list[str] = field(default_factory=list)
     cfg: Any = None
     model: Any = None
+    checkpoint: Any = None
 
 
 @dataclass(frozen=True)
@@ -281,6 +282,16 @@ def check_weights_url(ctx: Context) -> None:
                          "machine offline? Download the file elsewhere and give its path")
 
 
+@_check("weights are a checkpoint", "model.weights (local file)", "launch")
+def check_weights_readable(ctx: Context) -> None:
+    """Read the file (torch, not yet detectron2): a file that is no checkpoint fails sooner."""
+    weights = ctx.prepared.spec.model.weights
+    if weights and "://" not in weights:
+        from orchestrator.launch.weights import read_weights
+
+        ctx.checkpoint = read_weights(Path(weights))
+
+
 def _quiet_imports() -> None:
     import warnings
 
@@ -379,12 +390,11 @@ def check_model(ctx: Context) -> None:
 @_check("weights fit the model", "model.weights (local file)", "launch")
 def check_weights(ctx: Context) -> None:
     weights = ctx.prepared.spec.model.weights
-    if not weights or "://" in weights or ctx.model is None:
+    if ctx.checkpoint is None or ctx.model is None:
         return
-    from orchestrator.launch.weights import compare_weights, read_weights
+    from orchestrator.launch.weights import compare_weights
 
-    checkpoint = read_weights(Path(weights))
-    report = compare_weights(ctx.model, checkpoint,
+    report = compare_weights(ctx.model, ctx.checkpoint,
                              class_dependent=lambda: _class_dependent(ctx))
     if report.error:
         raise InputError(f"model.weights: {weights}: {report.error}")
