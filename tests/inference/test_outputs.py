@@ -41,11 +41,10 @@ def test_out_over_an_input_exits_2(images: Path, source: str, out: str, clash: s
 
 
 def test_out_beside_inputs_is_fine_when_nothing_clashes(images: Path) -> None:
-    """Only JPEGs in the folder: the PNGs land beside them and overwrite nothing, so the
-    refusal comes from the unknown run, not from --out."""
+    """Only a JPEG in the folder: its PNG lands beside it and overwrites nothing."""
+    from orchestrator.inference.predict import check_outputs, output_paths
+
     (images / "a.png").unlink()
-    result = runner.invoke(app, ["predict", "--run", "no-such-run", "--tracking-uri",
-                                 f"sqlite:///{images.parent / 'mlflow.db'}", str(images),
-                                 "--out", str(images)])
-    assert result.exit_code == 2
-    assert "--out" not in result.output and "no-such-run" in result.output
+    paths = [images / "b.jpg"]
+    check_outputs(paths, images)  # no error
+    assert output_paths(paths, images) == [images / "b.png"]
