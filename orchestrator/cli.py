@@ -98,6 +98,7 @@ def submit(
         "--verbose", "-v", help="Show the workers' detectron2 logs.")] = False,
 ) -> None:
     """Validate JOB, check its data, print the scaling plan, then train and track it."""
+    from orchestrator.launch.preflight import run_checks
     from orchestrator.launch.submit import check_data, plan_table, prepare
     from orchestrator.spec import load_spec
 
@@ -111,6 +112,7 @@ def submit(
         return
     prepared = check_data(prepare(spec, strict=not dry_run), skip=skip_data_check,
                           console=console)
+    run_checks(prepared, "plan", console=console)
     console.print(plan_table(prepared))
     if dry_run:
         console.print("dry run: nothing started")
@@ -231,6 +233,9 @@ def data_check(
     workers: Annotated[int | None, typer.Option(
         "--workers", min=1, help="Threads reading image headers (default: CPUs + 4, max 32).")]
     = None,
+    decode: Annotated[bool, typer.Option(
+        "--decode", help="Also decode every image in full (threaded; slower) to find truncated "
+        "or corrupt files.")] = False,
 ) -> None:
     """Check a COCO dataset against its images; exit 2 on any error (warnings are fine)."""
     from contextlib import ExitStack
@@ -248,9 +253,10 @@ def data_check(
             progress = lambda done, total: bar.update(task, completed=done, total=total)  # noqa: E731
         if fix is not None:
             summary = fix_dataset(ann, images, fix, overwrite=overwrite, workers=workers,
-                                  progress=progress)
+                                  progress=progress, decode=decode)
             console.print(summary.format(), highlight=False)
-        report = check_dataset(fix or ann, images, workers=workers, progress=progress)
+        report = check_dataset(fix or ann, images, workers=workers, progress=progress,
+                               decode=decode)
     table = console.is_terminal and report.defects  # plain text for logs and pipes
     console.print(report.table() if table else report.format(), highlight=False)
     if report.has_errors:
@@ -416,8 +422,10 @@ def predict(
     from rich.markup import escape
 
     from orchestrator.inference import find_images, load_run, predict_with_progress
+    from orchestrator.inference.predict import check_outputs
 
     paths = find_images(images)
+    check_outputs(paths, out)
     loaded = load_run(run, tracking_uri=_tracking_uri(tracking_uri), score=score,
                       device=device, checkpoint=checkpoint)
     console.print(f"run {loaded.run_id} ({loaded.run_name}): {len(paths)} image(s)",

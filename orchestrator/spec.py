@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import difflib
 import itertools
+import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -21,6 +22,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from orchestrator.errors import InputError
+from orchestrator.spec_yaml import load_yaml
 
 __all__ = [
     "ModelSpec",
@@ -38,10 +40,16 @@ __all__ = [
     "apply_overrides",
     "expand_sweep",
     "find_specs",
+    "max_workers_ceiling",
 ]
 
-PositiveInt = Annotated[int, Field(ge=1)]
-NonNegativeInt = Annotated[int, Field(ge=0)]
+# strict: 2.5, "4" and true are not counts (pydantic would otherwise accept true as 1).
+PositiveInt = Annotated[int, Field(ge=1, strict=True)]
+NonNegativeInt = Annotated[int, Field(ge=0, strict=True)]
+Amount = Annotated[float, Field(strict=True)]  # ints are fine, booleans and strings are not
+# The most workers one job may ask for; a typo such as 1000 instead of 10 fails at once.
+MAX_WORKERS_ENV = "ORCHESTRATOR_MAX_WORKERS"
+DEFAULT_MAX_WORKERS = 256
 
 
 class _Strict(BaseModel):
@@ -78,9 +86,9 @@ class ModelSpec(_Strict):
 class SyntheticSpec(_Strict):
     """The generated shapes set (``orchestrator data synth``), made on demand and cached."""
 
-    num_images: int = Field(200, ge=2, description="Images in total (train + val).")
-    size: int = Field(128, ge=32, description="Image side in pixels.")
-    seed: int = Field(0, description="Same seed, same dataset.")
+    num_images: int = Field(200, ge=2, strict=True, description="Images in total (train + val).")
+    size: int = Field(128, ge=32, strict=True, description="Image side in pixels.")
+    seed: int = Field(0, strict=True, description="Same seed, same dataset.")
 
 
 class DatasetSpec(_Strict):
@@ -122,8 +130,8 @@ class ResourcesSpec(_Strict):
     workers: PositiveInt | tuple[PositiveInt, PositiveInt] = Field(
         1, description="Ray Train workers (processes); [min, max] trains elastically: the "
         "plan is made for max and recomputed whenever the group restarts at another size.")
-    gpus_per_worker: float = Field(0, ge=0, description="0 = CPU with gloo; >0 = CUDA with NCCL.")
-    cpus_per_worker: float = Field(1, gt=0, description="CPUs Ray reserves per worker.")
+    gpus_per_worker: Amount = Field(0, ge=0, description="0 = CPU with gloo; >0 = CUDA with NCCL.")
+    cpus_per_worker: Amount = Field(1, gt=0, description="CPUs Ray reserves per worker.")
     ims_per_worker: PositiveInt = Field(2, description="Images per worker per iteration.")
 
     @model_validator(mode="after")
@@ -212,7 +220,7 @@ class RunSpec(_Strict):
     output_dir: str = Field(".orchestrator/output", description="Per-run detectron2 OUTPUT_DIR.")
     max_failures: NonNegativeInt = Field(0, description="Worker-group restarts on failure.")
     resume: bool = False
-    num_cpus: float | None = Field(
+    num_cpus: Amount | None = Field(
         None, gt=0, description="CPUs of the embedded Ray (default: enough for the workers)."
     )
     env: dict[str, str] = Field(
@@ -268,7 +276,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         if not sep or not key.strip():
             raise InputError(f"override '{item}' is not of the form key.path=value")
         try:  # 'key=' means the empty string, not null
-            parsed = yaml.safe_load(value) if value.strip() else ""
+            parsed = load_yaml(value) if value.strip() else ""
         except yaml.YAMLError as exc:
             raise InputError(f"override '{item}': value is not valid YAML ({exc})") from exc
         _set_path(raw, key, parsed, f"override '{item}'")
@@ -347,9 +355,28 @@ def parse_spec(raw: Any, *, source: str = "<spec>", overrides: list[str] | None 
         first = {_field_path(tuple(e["loc"])): e for e in reversed(exc.errors())}
         lines = [_describe(e) for e in reversed(first.values())]
         raise InputError(f"{source}: invalid job spec\n" + "\n".join(lines)) from None
+    _check_worker_ceiling(spec, source)
     if spec.sweep:
         expand_sweep(spec)  # validates every combination now, not halfway through the sweep
     return spec
+
+
+def max_workers_ceiling() -> int:
+    """``$ORCHESTRATOR_MAX_WORKERS`` or 256: more workers than this is taken for a typo."""
+    raw = os.environ.get(MAX_WORKERS_ENV, "")
+    try:
+        return int(raw) if raw.strip() else DEFAULT_MAX_WORKERS
+    except ValueError:
+        raise InputError(f"{MAX_WORKERS_ENV}={raw!r} is not an integer") from None
+
+
+def _check_worker_ceiling(spec: JobSpec, source: str) -> None:
+    ceiling = max_workers_ceiling()
+    if spec.resources.max_workers > ceiling:
+        raise InputError(
+            f"{source}: invalid job spec\n  resources.workers: {spec.resources.max_workers} "
+            f"workers is more than the ceiling of {ceiling}; set {MAX_WORKERS_ENV} to allow "
+            "more")
 
 
 def load_spec(path: Path, overrides: list[str] | None = None) -> JobSpec:
@@ -357,7 +384,7 @@ def load_spec(path: Path, overrides: list[str] | None = None) -> JobSpec:
     if not path.is_file():
         raise InputError(f"{path}: job spec not found (give a path such as jobs/demo.yaml)")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = load_yaml(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise InputError(f"{path}: not valid YAML: {exc}") from None
     except (OSError, UnicodeDecodeError) as exc:

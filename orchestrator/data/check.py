@@ -47,6 +47,7 @@ __all__ = [
     "file_problem",
     "bbox_problem",
     "polygon_problem",
+    "rle_problem",
     "polygon_area",
     "is_id",
 ]
@@ -112,6 +113,15 @@ DEFECT_CLASSES: dict[str, DefectClass] = {d.code: d for d in (
     DefectClass("degenerate_polygon", "error", "polygon with fewer than 3 points, an odd "
                 "number of coordinates or zero area (detectron2 drops it)",
                 f"fix the polygon; {_FIX} drops it (and the annotation if none is left)"),
+    DefectClass("no_images", "error", "the json lists no images",
+                "point data at the right annotation file, or add the images"),
+    DefectClass("invalid_rle", "error", "RLE mask whose counts do not add up to "
+                "height x width, or whose size is not the image size (pycocotools decodes "
+                "garbage or fails)", f"re-export the mask at the image size; {_FIX} drops it"),
+    DefectClass("missing_segmentation", "error", "annotation without a segmentation: every "
+                "model here (Mask R-CNN, BlendMask, CondInst) trains masks, and detectron2 "
+                "fails on an instance without one",
+                f"add the mask (polygon or RLE); {_FIX} drops the annotation"),
     DefectClass("noncontiguous_category_ids", "warning", "category ids have gaps; detectron2 "
                 "remaps them to [0, K) in sorted order",
                 "fine for COCO json files; dataset dicts built by hand need ids in [0, K)"),
@@ -307,6 +317,48 @@ def bbox_problem(bbox: Any, size: Size) -> tuple[str, str] | None:
     return None
 
 
+def _rle_counts(counts: str) -> list[int] | None:
+    """The run lengths of a compressed COCO RLE string (pycocotools' ``rleFrString``)."""
+    runs: list[int] = []
+    pos = 0
+    while pos < len(counts):
+        value, shift, more = 0, 0, True
+        while more:
+            if pos >= len(counts):
+                return None
+            c = ord(counts[pos]) - 48
+            if not 0 <= c < 64:
+                return None
+            value |= (c & 0x1F) << 5 * shift
+            more = bool(c & 0x20)
+            pos, shift = pos + 1, shift + 1
+            if not more and c & 0x10:
+                value |= -1 << 5 * shift
+        if len(runs) > 2:
+            value += runs[-2]
+        runs.append(value)
+    return runs
+
+
+def rle_problem(segm: dict[str, Any], size: Size) -> str | None:
+    """Why a COCO RLE mask does not fit an image of ``size`` (width, height), or None."""
+    width, height = size
+    shape = segm.get("size")
+    if not isinstance(shape, list) or len(shape) != 2 or not all(map(_is_int, shape)):
+        return f"RLE size {_short(shape)} is not [height, width]"
+    if shape != [height, width]:
+        return f"RLE size is {shape[0]}x{shape[1]} (h x w), the image is {height}x{width}"
+    counts = segm.get("counts")
+    if isinstance(counts, bytes):
+        counts = counts.decode("ascii", errors="replace")
+    runs = _rle_counts(counts) if isinstance(counts, str) else counts
+    if not isinstance(runs, list) or not all(_is_int(r) and r >= 0 for r in runs):
+        return f"RLE counts {_short(counts)} are not run lengths"
+    if sum(runs) != height * width:
+        return f"RLE counts add up to {sum(runs)}, not height x width = {height * width}"
+    return None
+
+
 def _short(value: Any, limit: int = 60) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
@@ -344,9 +396,13 @@ def image_size(path: Path) -> Size:
     return width, height
 
 
-def _read_size(path: Path) -> Size | BaseException:
+def _read_size(path: Path, decode: bool = False) -> Size | BaseException:
     try:
-        return image_size(path)
+        size = image_size(path)
+        if decode:  # every pixel, as the data loader will: finds truncated files
+            with Image.open(path) as im:
+                im.load()
+        return size
     except Exception as exc:  # any failure here is a failure in the data loader later
         return exc
 
@@ -357,8 +413,12 @@ def default_workers() -> int:
 
 
 def scan_image_sizes(paths: Sequence[Path], *, workers: int | None = None,
-                     progress: Progress | None = None) -> list[Size | BaseException]:
+                     progress: Progress | None = None,
+                     decode: bool = False) -> list[Size | BaseException]:
     """Header sizes of ``paths`` in order, or the exception reading each one raised.
+
+    ``decode`` also decodes every pixel (slower; Pillow releases the GIL while decoding, so
+    the threads run in parallel) to find truncated or corrupt image data.
 
     Threads overlap the file-system latency (NFS, cold caches); batches keep the number of
     pending futures bounded so 100k+ images stream through in constant memory.
@@ -370,7 +430,8 @@ def scan_image_sizes(paths: Sequence[Path], *, workers: int | None = None,
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="data-check") as pool:
         batch = max(256, 32 * workers)
         for start in range(0, len(paths), batch):
-            results.extend(pool.map(_read_size, paths[start:start + batch]))
+            results.extend(pool.map(_read_size, paths[start:start + batch],
+                                    [decode] * len(paths[start:start + batch])))
             if progress is not None:
                 progress(len(results), len(paths))
     return results
@@ -451,11 +512,12 @@ def _check_images(images: list[Any], found: _Found) -> dict[Hashable, dict[str, 
 
 
 def _check_files(images: dict[Hashable, dict[str, Any]], image_root: Path, found: _Found, *,
-                 workers: int | None, progress: Progress | None) -> dict[Hashable, Size]:
+                 workers: int | None, progress: Progress | None,
+                 decode: bool = False) -> dict[Hashable, Size]:
     """Read every image header; report missing, unreadable and mis-sized images."""
     records = list(images.values())
     results = scan_image_sizes([image_root / r["file_name"] for r in records], workers=workers,
-                               progress=progress)
+                               progress=progress, decode=decode)
     sizes: dict[Hashable, Size] = {}
     for img, result in zip(records, results, strict=True):
         problem = file_problem(result)
@@ -485,14 +547,22 @@ def _check_geometry(ann: dict[str, Any], size: Size, example: Callable[[str], Ex
     """Box and polygons of one non-crowd annotation; True when it survives ``--fix``."""
     usable = True
     segm = ann.get("segmentation")
-    if isinstance(segm, dict):
-        found.add("rle_segmentation", example("RLE mask on a non-crowd annotation"))
+    if segm is None:
+        found.add("missing_segmentation", example("no segmentation"))
+        usable = False
+    elif isinstance(segm, dict):
+        problem = rle_problem(segm, size)
+        if problem:
+            found.add("invalid_rle", example(problem))
+            usable = False
+        else:
+            found.add("rle_segmentation", example("RLE mask on a non-crowd annotation"))
     elif isinstance(segm, list):
         problems = [p for p in map(polygon_problem, segm) if p] if segm else ["no polygons"]
         for problem in problems:
             found.add("degenerate_polygon", example(problem))
         usable = len(problems) < len(segm)
-    elif segm is not None:
+    else:
         found.add("malformed_record", example(f"segmentation is a {type(segm).__name__}"))
         usable = False
     box = bbox_problem(ann.get("bbox"), size)
@@ -525,10 +595,14 @@ def _check_annotation(ann: Any, images: dict[Hashable, dict[str, Any]],
         found.add("unknown_category", example(f"category_id {ann['category_id']!r} is not in "
                                               "'categories'"))
         return False
+    size = sizes.get(ann["image_id"], (img["width"], img["height"]))
     if ann.get("iscrowd", 0):
         found.add("crowd_annotation", example("iscrowd=1"))
+        segm = ann.get("segmentation")
+        problem = rle_problem(segm, size) if isinstance(segm, dict) else None
+        if problem:  # evaluation decodes crowd regions too
+            found.add("invalid_rle", example(problem))
         return False
-    size = sizes.get(ann["image_id"], (img["width"], img["height"]))
     return _check_geometry(ann, size, example, found)
 
 
@@ -560,11 +634,12 @@ def _check_unannotated(images: dict[Hashable, dict[str, Any]], usable: set[Hasha
 
 
 def check_dataset(json_file: Path, image_root: Path, *, workers: int | None = None,
-                  progress: Progress | None = None) -> CheckReport:
+                  progress: Progress | None = None, decode: bool = False) -> CheckReport:
     """Check a COCO instances file against the images under ``image_root``.
 
     ``workers`` threads read image headers (default: ThreadPoolExecutor's); ``progress`` is
-    called with (images read, images in total) as the scan advances.
+    called with (images read, images in total) as the scan advances; ``decode`` decodes every
+    image in full (finds truncated files; slower).
     """
     json_file, image_root = Path(json_file), Path(image_root)
     coco = load_coco(json_file)
@@ -572,9 +647,12 @@ def check_dataset(json_file: Path, image_root: Path, *, workers: int | None = No
         raise InputError(f"{image_root}: image folder not found (give the folder the json's "
                          "file_name are relative to)")
     found = _Found()
+    if not coco["images"]:
+        found.add("no_images", Example(detail="'images' is empty"))
     categories = _check_categories(coco["categories"], found)
     images = _check_images(coco["images"], found)
-    sizes = _check_files(images, image_root, found, workers=workers, progress=progress)
+    sizes = _check_files(images, image_root, found, workers=workers, progress=progress,
+                         decode=decode)
     usable = _check_annotations(coco["annotations"], images, sizes, categories, found)
     _check_unannotated(images, usable, found)
     return CheckReport(json_file=json_file, image_root=image_root,

@@ -27,6 +27,7 @@ from orchestrator.data.check import (
     is_id,
     load_coco,
     polygon_problem,
+    rle_problem,
     scan_image_sizes,
 )
 from orchestrator.errors import InputError
@@ -148,12 +149,12 @@ def _drop_bad_image_records(images: list[Any], changes: list[Change]) -> list[di
 
 def _fix_images(
     images: list[Any], image_root: Path, changes: list[Change], *, workers: int | None,
-    progress: Progress | None,
+    progress: Progress | None, decode: bool = False,
 ) -> tuple[list[Any], dict[Hashable, Size]]:
     """Set true sizes from the headers; drop missing/unreadable images. Returns (images, sizes)."""
     records = _drop_bad_image_records(images, changes)
     results = scan_image_sizes([image_root / r["file_name"] for r in records], workers=workers,
-                               progress=progress)
+                               progress=progress, decode=decode)
     kept: list[dict[str, Any]] = []
     sizes: dict[Hashable, Size] = {}
     for img, result in zip(records, results, strict=True):
@@ -188,8 +189,12 @@ def _drop_reason(ann: Any, sizes: dict[Hashable, Size], categories: IdMap) -> st
     if ann["category_id"] not in categories:
         return f"category_id {ann['category_id']!r} is not a known category"
     segm = ann.get("segmentation")
-    if segm is not None and not isinstance(segm, list | dict):
+    if segm is None:
+        return "no segmentation (every model here trains masks)"
+    if not isinstance(segm, list | dict):
         return f"segmentation is a {type(segm).__name__}"
+    if isinstance(segm, dict):
+        return rle_problem(segm, sizes[ann["image_id"]])
     return None
 
 
@@ -280,6 +285,9 @@ def write_json_atomic(path: Path, document: Any) -> None:
 
 
 def _check_out_file(json_file: Path, out_file: Path, overwrite: bool) -> None:
+    if out_file.is_dir():
+        raise InputError(f"{out_file}: is a folder; --fix needs a file path, e.g. "
+                         f"{out_file / (json_file.stem + '.fixed.json')}")
     if out_file.resolve() == json_file.resolve():
         raise InputError(f"{out_file}: --fix must write a new file, never the input json "
                          "(give another path, e.g. instances.fixed.json)")
@@ -291,8 +299,10 @@ def _check_out_file(json_file: Path, out_file: Path, overwrite: bool) -> None:
 
 
 def fix_dataset(json_file: Path, image_root: Path, out_file: Path, *, overwrite: bool = False,
-                workers: int | None = None, progress: Progress | None = None) -> FixSummary:
-    """Write a corrected copy of ``json_file`` to ``out_file``; the input is never modified."""
+                workers: int | None = None, progress: Progress | None = None,
+                decode: bool = False) -> FixSummary:
+    """Write a corrected copy of ``json_file`` to ``out_file``; the input is never modified.
+    ``decode``: also drop images whose pixels cannot be decoded (truncated files)."""
     json_file, image_root, out_file = Path(json_file), Path(image_root), Path(out_file)
     _check_out_file(json_file, out_file, overwrite)
     coco = load_coco(json_file)
@@ -301,7 +311,7 @@ def fix_dataset(json_file: Path, image_root: Path, out_file: Path, *, overwrite:
     changes: list[Change] = []
     categories, cat_map = _fix_categories(coco["categories"], changes)
     images, sizes = _fix_images(coco["images"], image_root, changes, workers=workers,
-                                progress=progress)
+                                progress=progress, decode=decode)
     fixed = [_fix_annotation(a, sizes, cat_map, changes) for a in coco["annotations"]]
     annotations = [a for a in fixed if a is not None]
     _renumber_annotations(annotations, changes)

@@ -22,7 +22,7 @@ from orchestrator.inference.loading import LoadedRun
 from orchestrator.inference.predictor import predict_records, read_rgb
 
 __all__ = ["IMAGE_SUFFIXES", "PredictResult", "find_images", "predict_images",
-           "PREDICTIONS_FILE"]
+           "PREDICTIONS_FILE", "check_outputs", "output_paths"]
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 PREDICTIONS_FILE = "predictions.json"
@@ -88,6 +88,26 @@ def _png_name(path: Path, taken: set[str]) -> str:
     return name
 
 
+def output_paths(paths: Sequence[Path], out_dir: Path) -> list[Path]:
+    """The PNG each input will be drawn into, in order."""
+    taken: set[str] = set()
+    return [out_dir / _png_name(path, taken) for path in paths]
+
+
+def check_outputs(paths: Sequence[Path], out_dir: Path) -> None:
+    """Refuse (exit 2) an ``--out`` that is an input file or would write over one; cheap, so
+    it runs before the model is fetched."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"--out {out_dir}: is a file, not a folder (an input image?); give a "
+                         f"folder for the PNGs and {PREDICTIONS_FILE}")
+    inputs = {path.resolve(): path for path in paths}
+    for target in [*output_paths(paths, out_dir), out_dir / PREDICTIONS_FILE]:
+        hit = inputs.get(target.resolve())
+        if hit is not None:
+            raise InputError(f"--out {out_dir}: would write {target.name} over the input "
+                             f"{hit}; give another folder (inputs are never overwritten)")
+
+
 def _predict_one(loaded: LoadedRun, path: Path, rgb: np.ndarray, target: Path,
                  image_id: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Predict and draw one image; returns its COCO image entry and its records."""
@@ -101,12 +121,15 @@ def _predict_one(loaded: LoadedRun, path: Path, rgb: np.ndarray, target: Path,
 def predict_images(loaded: LoadedRun, paths: Sequence[Path], out_dir: Path, *,
                    progress: Progress | None = None) -> PredictResult:
     """Predict every image in ``paths``, writing PNGs and ``predictions.json`` to ``out_dir``."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    check_outputs(paths, out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"--out {out_dir}: cannot create the folder ({exc})") from None
     result = PredictResult()
     images: list[dict[str, Any]] = []
     records: list[dict[str, Any]] = []
-    taken: set[str] = set()
-    for path in paths:
+    for path, target in zip(paths, output_paths(paths, out_dir), strict=True):
         error = None
         try:
             rgb = read_rgb(path)
@@ -114,7 +137,6 @@ def predict_images(loaded: LoadedRun, paths: Sequence[Path], out_dir: Path, *,
             error = f"not a readable image: {exc}"
             result.skipped.append((path, error))
         else:
-            target = out_dir / _png_name(path, taken)
             entry, found = _predict_one(loaded, path, rgb, target, image_id=len(images) + 1)
             images.append(entry)
             records.extend(found)

@@ -37,6 +37,7 @@ class Prepared:
     plan: ScalingPlan
     config_file: Path
     data_check: str = "not run"
+    preflight: bool = False  # the launch-stage checks passed (a sweep checks every child first)
 
 
 @dataclass(kw_only=True)
@@ -56,7 +57,13 @@ def _absolute(spec: JobSpec, workdir: Path) -> JobSpec:
     output = str((workdir / run.output_dir).resolve())
     tracking = (spec.tracking.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
                 or default_tracking_uri(workdir))
+    weights = spec.model.weights
+    # Checked here, read by workers elsewhere. A cluster's driver keeps the path as given:
+    # there it is relative to the job's working dir, on every node.
+    if weights and "://" not in weights and not os.environ.get("RAY_ADDRESS"):
+        weights = str((workdir / Path(weights).expanduser()).resolve())
     return spec.model_copy(update={
+        "model": spec.model.model_copy(update={"weights": weights}),
         "run": run.model_copy(update={"storage_path": storage, "output_dir": output}),
         "tracking": spec.tracking.model_copy(update={"tracking_uri": tracking}),
     })
@@ -168,9 +175,12 @@ def submit(prepared: Prepared, *, console: Console, verbose: bool = False,
            label: str = "") -> SubmitOutcome:
     """Create (or, with ``resume``, reopen) the MLflow run, train on Ray, and close the run in
     every outcome."""
-    from orchestrator.launch.embedded import check_local_resources, run_on_ray
+    from orchestrator.launch.embedded import run_on_ray
+    from orchestrator.launch.preflight import run_checks
 
-    check_local_resources(prepared.spec)
+    if not prepared.preflight:  # before the MLflow run exists and before Ray starts
+        run_checks(prepared, "plan", console=console)
+        run_checks(prepared, "launch", console=console)
     tracker = (_resume_run(prepared, resume) if resume
                else _start_run(prepared, parent_run_id))
     job = _worker_job(prepared, tracker)

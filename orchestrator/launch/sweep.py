@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
+from orchestrator.launch.preflight import run_checks
 from orchestrator.launch.submit import SubmitOutcome, check_data, plan_table, prepare, submit
 from orchestrator.spec import JobSpec, expand_sweep
 from orchestrator.tracking.run import RunTracker
@@ -46,6 +47,7 @@ def plan_sweep(spec: JobSpec, *, console: Console, skip_data_check: bool = False
     for assignment, child in expand_sweep(spec):
         ready = check_data(prepare(_child(child, assignment), workdir=workdir),
                            skip=skip_data_check, console=console)
+        run_checks(ready, "plan", console=console)
         console.print(plan_table(ready))
         prepared.append((assignment, ready))
     return prepared
@@ -99,6 +101,9 @@ def run_sweep(spec: JobSpec, *, console: Console, verbose: bool = False,
     once (as resources allow) on a cluster."""
     children = plan_sweep(spec, console=console, skip_data_check=skip_data_check,
                           workdir=workdir)
+    for i, (_, prepared) in enumerate(children):  # every child, before the parent run exists
+        run_checks(prepared, "launch", console=console)
+        children[i] = (children[i][0], replace(prepared, preflight=True))
     tracking_uri = children[0][1].spec.tracking.tracking_uri
     parent = _open_parent(spec, tracking_uri)
     run = _at_once if on_cluster() and len(children) > 1 else _in_turn

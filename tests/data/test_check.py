@@ -154,12 +154,84 @@ CASES: dict[str, tuple[Callable[[Doc, Path], None], str, str, int, list[Any], se
     "odd_coords": (set_ann(4, segmentation=[[0, 0, 10, 0, 10, 10, 5]]), "degenerate_polygon",
                    "error", 1, [(2, 5)], {"degenerate_polygon"}),
     "crowd": (set_ann(6, iscrowd=1), "crowd_annotation", "warning", 1, [(2, 7)], set()),
-    "rle": (set_ann(6, segmentation={"size": [64, 64], "counts": "abc"}), "rle_segmentation",
-            "warning", 1, [(2, 7)], set()),
+    "rle": (set_ann(6, segmentation=None), "rle_segmentation", "warning", 1, [(2, 7)], set()),
+    "rle_counts": (set_ann(6, segmentation={"size": [64, 64], "counts": [100, 20, 5]}),
+                   "invalid_rle", "error", 1, [(2, 7)], {"invalid_rle"}),
+    "rle_size": (set_ann(6, segmentation=None), "invalid_rle", "error", 1, [(2, 7)],
+                 {"invalid_rle"}),
+    "no_segmentation": (set_ann(6, segmentation=None), "missing_segmentation", "error", 1,
+                        [(2, 7)], {"missing_segmentation"}),
+    "no_images": (lambda d, _: d.update(images=[], annotations=[]), "no_images", "error", 1,
+                  [(None, None)], {"no_images"}),
     "unannotated": (drop_ann_15, "image_without_annotations", "warning", 1, [(5, None)], set()),
     "malformed": (del_ann_key, "malformed_record", "error", 1, [(None, 1)],
                   {"malformed_record"}),
 }
+
+
+def rle(height: int, width: int, *, on: int = 100) -> dict[str, Any]:
+    """A compressed COCO RLE (pycocotools' own encoding) of a mask with ``on`` pixels set."""
+    import numpy as np
+    import pycocotools.mask as mask_util
+
+    mask = np.zeros((height, width), dtype=np.uint8, order="F")
+    mask.flat[:on] = 1
+    encoded = mask_util.encode(np.asfortranarray(mask))
+    return {"size": encoded["size"], "counts": encoded["counts"].decode("ascii")}
+
+
+# A valid RLE is only a warning; one at another size than its 64x64 image is an error.
+CASES["rle"] = (set_ann(6, segmentation=rle(64, 64)), *CASES["rle"][1:])
+CASES["rle_size"] = (set_ann(6, segmentation=rle(32, 64)), *CASES["rle_size"][1:])
+
+
+def test_rle_counts_decode_like_pycocotools() -> None:
+    from orchestrator.data.check import rle_problem
+
+    for height, width, on in ((64, 64, 100), (7, 300, 2100), (480, 640, 12345), (5, 5, 0)):
+        assert rle_problem(rle(height, width, on=on), (width, height)) is None
+    broken = rle(64, 64)
+    broken["counts"] = broken["counts"][:-2]
+    assert "add up to" in str(rle_problem(broken, (64, 64)))
+    assert "64x64" in str(rle_problem(rle(64, 64), (64, 32)))
+
+
+def test_fix_drops_bad_masks_and_says_so(data: Dataset) -> None:
+    def corrupt(doc: Doc, _: Path) -> None:
+        doc["annotations"][6]["segmentation"] = {"size": [64, 64], "counts": [1, 2]}
+        doc["annotations"][7]["segmentation"] = rle(32, 32)
+        del doc["annotations"][8]["segmentation"]
+
+    summary = fix_dataset(data.corrupt(corrupt), data.images, data.root / "fixed.json")
+    drops = [c for c in summary.changes if c.kind == "drop_annotation"]
+    assert [c.annotation_id for c in drops] == [7, 8, 9]
+    assert "add up to 3" in drops[0].before and "32x32" in drops[1].before
+    assert "no segmentation" in drops[2].before
+    assert "drop_annotation x3" in summary.format()
+    assert not check_dataset(data.root / "fixed.json", data.images).has_errors
+
+
+def test_decode_finds_truncated_images(data: Dataset) -> None:
+    path = data.images / "000004.png"
+    path.write_bytes(path.read_bytes()[:-200])  # header intact, pixel data cut short
+    instances = data.write(data.doc)
+    assert check_dataset(instances, data.images).get("unreadable_image") is None
+    report = check_dataset(instances, data.images, decode=True, workers=3)
+    defect = report.get("unreadable_image")
+    assert defect is not None and [e.image_id for e in defect.examples] == [4], report.format()
+    result = CliRunner().invoke(app, ["data", "check", str(instances), "--images",
+                                      str(data.images), "--decode"])
+    assert result.exit_code == 2 and "unreadable_image" in result.output
+
+
+def test_fix_onto_a_folder_exits_2(data: Dataset) -> None:
+    instances = data.write(data.doc)
+    for extra in ([], ["--overwrite"]):
+        result = CliRunner().invoke(app, ["data", "check", str(instances), "--images",
+                                          str(data.images), "--fix", str(data.root), *extra])
+        assert result.exit_code == 2, result.output
+        assert "is a folder" in result.output and result.exception is None or \
+            isinstance(result.exception, SystemExit)
 
 
 def test_clean_set_passes(data: Dataset) -> None:

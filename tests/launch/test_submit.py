@@ -56,11 +56,13 @@ def test_two_workers_train_and_mlflow_records_everything(workdir: Path) -> None:
 
 
 def test_worker_failure_marks_the_run_failed(workdir: Path) -> None:
+    """A config the driver accepts (pre-flight merges cfg and builds the model) that fails
+    only when a worker builds its data loader."""
     job = write_spec(workdir / "tiny.yaml", TINY_JOB)
     result = runner.invoke(app, ["submit", str(job), "resources.workers=1",
-                                 "model.opts=[MODEL.NO_SUCH_KEY, 1]"])
+                                 "model.opts=[DATALOADER.SAMPLER_TRAIN, NoSuchSampler]"])
     assert result.exit_code == 1, result.output
-    assert "training failed" in result.output and "NO_SUCH_KEY" in result.output
+    assert "training failed" in result.output and "NoSuchSampler" in result.output
     assert only_run(workdir)[1].info.status == "FAILED"
 
 
