@@ -13,11 +13,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
+import click
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from orchestrator import __version__
 from orchestrator.errors import InputError, OrchestratorError
+from orchestrator.secrets import redact_urls
 
 __all__ = ["app", "main"]
 
@@ -32,8 +35,11 @@ app = typer.Typer(
 data_app = typer.Typer(help="Datasets: generate the synthetic shapes set.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
-console = Console()
-err_console = Console(stderr=True)
+# Markup off: messages carry user text ("[min, max]", paths, losses) that Rich would otherwise
+# read as style tags and drop. Colour goes through ``style=`` or ``Text`` instead.
+console = Console(markup=False)
+err_console = Console(stderr=True, markup=False)
+_tracebacks = {"on": False}  # set by -v: show the traceback of an unexpected error
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -46,13 +52,26 @@ def _exits(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except OrchestratorError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+            _error(str(exc))
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
-            err_console.print("[bold red]interrupted[/]")
+            _error("interrupted")
             raise typer.Exit(130) from None
+        except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
+            raise
+        except Exception as exc:  # a bug, or an argument nothing checked: one line, no trace
+            if _tracebacks["on"] or kwargs.get("verbose"):
+                raise
+            _error(f"unexpected {type(exc).__name__}: {exc} (rerun with -v for the traceback)")
+            raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _error(message: str) -> None:
+    """``error: ...`` on stderr, credentials in URLs masked, the message shown as is."""
+    err_console.print(Text.assemble(("error:", "bold red"), " ", redact_urls(message)),
+                      highlight=False)
 
 
 def _version(value: bool) -> None:
@@ -65,8 +84,11 @@ def _version(value: bool) -> None:
 def _root(
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
                                           help="Show the version and exit.")] = False,
+    verbose: Annotated[bool, typer.Option(
+        "--verbose", "-v", help="Show the traceback of an unexpected error.")] = False,
 ) -> None:
     """Train detectron2 instance-segmentation models on Ray, tracked in MLflow."""
+    _tracebacks["on"] = verbose
 
 
 AddressOption = Annotated[str | None, typer.Option(
@@ -188,10 +210,10 @@ def validate(
     for path in files:
         try:
             load_spec(path)
-            console.print(f"[green]ok[/]      {path}", highlight=False)
+            console.print(Text.assemble(("ok", "green"), f"      {path}"), highlight=False)
         except InputError as exc:
             failures += 1
-            err_console.print(f"[red]invalid[/] {exc}", highlight=False)
+            err_console.print(Text.assemble(("invalid", "red"), f" {exc}"), highlight=False)
     if failures:
         raise InputError(f"{failures} of {len(files)} job specs are invalid")
 
@@ -257,7 +279,8 @@ def data_check(
         what = f"the fixed copy {fix} still has errors" if fix else "errors found"
         raise InputError(f"{what}: {', '.join(d.code for d in report.errors)}; "
                          f"to write a corrected copy run: {report.fix_command()}")
-    console.print("[green]ok[/]: no errors" + (" (see warnings above)" if report.defects else ""))
+    console.print(Text.assemble(("ok", "green"), ": no errors",
+                                " (see warnings above)" if report.defects else ""))
 
 
 RequiredAddress = Annotated[str, typer.Option(
@@ -374,7 +397,7 @@ def runs_compare(
 @app.command("ui")
 @_exits
 def ui(
-    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5000,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port on 127.0.0.1.")] = 5000,
     tracking_uri: TrackingUri = None,
 ) -> None:
     """Serve the MLflow UI over the project's runs on 127.0.0.1 until Ctrl-C."""
@@ -412,8 +435,6 @@ def predict(
         "--device", help="cpu or cuda.")] = "cpu",
 ) -> None:
     """Draw a run's predictions on images: one PNG each plus a COCO-style predictions.json."""
-    from rich.markup import escape
-
     from orchestrator.inference import find_images, load_run, predict_with_progress
 
     paths = find_images(images)
@@ -426,7 +447,8 @@ def predict(
         why = result.skipped[0][1] if len(paths) == 1 else "no file in it is a readable image"
         raise InputError(f"{images}: {why}")
     for path, why in result.skipped:
-        err_console.print(f"[yellow]skipped[/] {escape(f'{path}: {why}')}", highlight=False)
+        err_console.print(Text.assemble(("skipped", "yellow"), f" {path}: {why}"),
+                          highlight=False)
     console.print(f"{len(result.written)} PNG(s) and {result.json_path} "
                   f"({result.num_predictions} predictions) in {out}", highlight=False)
 

@@ -21,6 +21,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from orchestrator.errors import InputError
+from orchestrator.secrets import ENV_NAME, MASK, redact_spec, redact_urls
 
 __all__ = [
     "ModelSpec",
@@ -217,12 +218,24 @@ class RunSpec(_Strict):
     )
     env: dict[str, str] = Field(
         default_factory=dict,
-        description="Environment for the driver and every worker, e.g. NCCL_SOCKET_IFNAME, "
-        "NCCL_DEBUG.",
+        description="Environment for every worker, e.g. NCCL_SOCKET_IFNAME, NCCL_DEBUG. "
+        "Values are masked wherever the run is stored or shown.",
+    )
+    env_from: list[Annotated[str, Field(pattern=ENV_NAME)]] = Field(
+        default_factory=list,
+        description="Names of variables copied from the environment of `orchestrator submit` "
+        "to every worker: secrets (tokens, passwords) that must not be written in a spec.",
     )
     collective_timeout_s: PositiveInt = Field(
         1800, description="Process-group timeout: a hung collective fails the attempt."
     )
+
+    @model_validator(mode="after")
+    def _env_once(self) -> RunSpec:
+        both = sorted(set(self.env) & set(self.env_from))
+        if both:
+            raise ValueError(f"{', '.join(both)} in both env and env_from: keep one")
+        return self
 
 
 class JobSpec(_Strict):
@@ -244,9 +257,15 @@ class JobSpec(_Strict):
         "one parent run, e.g. {resources.workers: [1, 2], solver.reference_lr: [0.01, 0.02]}.",
     )
 
-    def resolved_yaml(self) -> str:
-        """The spec as it will run (defaults filled, overrides applied), for saving with the run."""
-        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+    def resolved_yaml(self, *, redact: bool = True) -> str:
+        """The spec as it will run (defaults filled, overrides applied), for saving with the
+        run: ``run.env`` values and URL credentials masked unless ``redact=False``."""
+        data = self.model_dump(mode="json")
+        return yaml.safe_dump(redact_spec(data) if redact else data, sort_keys=False)
+
+    def redacted(self) -> dict[str, Any]:
+        """``model_dump`` safe to store or show (``orchestrator.secrets.redact_spec``)."""
+        return redact_spec(self.model_dump(mode="json"))
 
 
 def _set_path(raw: dict[str, Any], key: str, value: Any, what: str) -> None:
@@ -266,13 +285,22 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise InputError(f"override '{item}' is not of the form key.path=value")
+            raise InputError(f"override '{_shown(item)}' is not of the form key.path=value")
         try:  # 'key=' means the empty string, not null
             parsed = yaml.safe_load(value) if value.strip() else ""
         except yaml.YAMLError as exc:
-            raise InputError(f"override '{item}': value is not valid YAML ({exc})") from exc
-        _set_path(raw, key, parsed, f"override '{item}'")
+            why = "" if _shown(item) != item else f" ({exc})"
+            raise InputError(f"override '{_shown(item)}': value is not valid YAML{why}") from None
+        _set_path(raw, key, parsed, f"override '{_shown(item)}'")
     return raw
+
+
+def _shown(override: str) -> str:
+    """An override as messages may show it: a ``run.env`` value may be a secret."""
+    key, sep, _ = override.partition("=")
+    if key.strip().startswith("run.env") and sep:
+        return f"{key}={MASK}"
+    return redact_urls(override) if sep else override
 
 
 def expand_sweep(spec: JobSpec) -> list[tuple[dict[str, Any], JobSpec]]:
@@ -329,8 +357,8 @@ def _describe(error: Any) -> str:
         message = f"unknown key ({hint})"
     elif error["type"] == "missing":
         message = "required field is missing"
-    elif "input" in error and error["type"] != "value_error":
-        message = f"{message} (got {error['input']!r})"
+    elif "input" in error and error["type"] != "value_error" and loc[:2] != ("run", "env"):
+        message = f"{message} (got {error['input']!r})"  # run.env values may be secrets
     return f"  {path}: {message}"
 
 

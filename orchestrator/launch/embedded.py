@@ -15,6 +15,7 @@ from rich.console import Console
 from orchestrator.errors import InputError, JobFailedError
 from orchestrator.job import WorkerJob
 from orchestrator.launch.progress import ProgressFollower
+from orchestrator.secrets import worker_env
 from orchestrator.spec import JobSpec
 
 __all__ = ["check_local_resources", "fit", "ray_session", "run_on_ray", "ray_run_name"]
@@ -70,7 +71,8 @@ def _init_ray(spec: JobSpec, verbose: bool) -> None:
         os.cpu_count() or 1, math.ceil(res.max_workers * res.cpus_per_worker))
     try:
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
-                 runtime_env={"env_vars": dict(spec.run.env)}, **common)
+                 runtime_env={"env_vars": worker_env(spec.run.env, spec.run.env_from)},
+                 **common)
     except Exception as exc:
         raise JobFailedError(f"could not start the embedded Ray: {exc}") from exc
 

@@ -16,6 +16,7 @@ from typing import Any
 from rich.console import Console
 
 from orchestrator.launch.submit import SubmitOutcome, check_data, plan_table, prepare, submit
+from orchestrator.secrets import redact_assignment
 from orchestrator.spec import JobSpec, expand_sweep
 from orchestrator.tracking.run import RunTracker
 
@@ -30,7 +31,8 @@ class SweepOutcome:
 
 def child_run_name(name: str, assignment: dict[str, Any]) -> str:
     """``demo[resources.workers=2,solver.reference_lr=0.01]``: readable in the MLflow UI."""
-    return f"{name}[{','.join(f'{k}={v}' for k, v in assignment.items())}]"
+    shown = redact_assignment(assignment)
+    return f"{name}[{','.join(f'{k}={v}' for k, v in shown.items())}]"
 
 
 def _child(spec: JobSpec, assignment: dict[str, Any]) -> JobSpec:
@@ -55,7 +57,7 @@ def _open_parent(spec: JobSpec, tracking_uri: str) -> RunTracker:
     parent = RunTracker.create(tracking_uri=tracking_uri, experiment=spec.tracking.experiment,
                                run_name=spec.tracking.run_name or spec.name,
                                tags={"sweep": "true", "job": spec.name, **spec.tags})
-    parent.log_params({f"sweep.{k}": str(v) for k, v in spec.sweep.items()})
+    parent.log_params({f"sweep.{k}": str(v) for k, v in spec.redacted()["sweep"].items()})
     parent.log_text(spec.resolved_yaml(), "job.yaml")
     return parent
 
@@ -67,7 +69,8 @@ Done = list[tuple[dict[str, Any], SubmitOutcome]]
 def _in_turn(children: Children, parent: RunTracker, console: Console, verbose: bool) -> Done:
     done: Done = []
     for assignment, prepared in children:
-        console.print(f"sweep {len(done) + 1}/{len(children)}: {assignment}")
+        console.print(f"sweep {len(done) + 1}/{len(children)}: "
+                      f"{redact_assignment(assignment)}")
         done.append((assignment, submit(prepared, console=console, verbose=verbose,
                                         parent_run_id=parent.run_id)))
     return done

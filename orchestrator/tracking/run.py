@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import InputError, JobFailedError
+from orchestrator.secrets import make_private, redact_urls
 
 __all__ = [
     "default_tracking_uri",
@@ -35,6 +36,14 @@ def _artifact_root(tracking_uri: str) -> str | None:
         db = Path(tracking_uri.removeprefix("sqlite:///"))
         return (db.parent / "mlruns").resolve().as_uri()
     return None
+
+
+def _local_store(tracking_uri: str) -> list[Path]:
+    """The files of a local sqlite store: the database and its artifact folder."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return []
+    db = Path(tracking_uri.removeprefix("sqlite:///"))
+    return [db, db.parent / "mlruns"]
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, str]:
@@ -87,7 +96,9 @@ class RunTracker:
                 experiment, artifact_location=_artifact_root(tracking_uri))
             run = client.create_run(exp_id, run_name=run_name, tags=tags)
         except MlflowException as exc:
-            raise JobFailedError(f"MLflow at {tracking_uri}: cannot create the run: {exc}") from exc
+            raise JobFailedError(redact_urls(f"MLflow at {tracking_uri}: cannot create the run: "
+                                             f"{exc}")) from None
+        make_private(*_local_store(tracking_uri))  # a store made before runs were kept private
         return cls(tracking_uri=tracking_uri, run_id=run.info.run_id, experiment_id=exp_id)
 
     @classmethod
@@ -100,7 +111,8 @@ class RunTracker:
         try:
             run = client.get_run(run_id)
         except MlflowException:
-            raise InputError(f"--resume {run_id}: no such MLflow run in {tracking_uri}") from None
+            raise InputError(f"--resume {run_id}: no such MLflow run in "
+                             f"{redact_urls(tracking_uri)}") from None
         if run.info.status == "RUNNING":
             raise InputError(f"--resume {run_id}: the run is still RUNNING; stop it first")
         client.update_run(run_id, status="RUNNING")

@@ -97,5 +97,5 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 def _log_start(job: WorkerJob, cfg: CfgNode) -> None:
     logger.info("rank %d/%d (pid %d) starts training: %d iterations", comm.get_rank(),
                 comm.get_world_size(), os.getpid(), cfg.SOLVER.MAX_ITER)
-    for key in sorted(job.spec.run.env):  # what reached this worker from run.env
-        logger.info("run.env %s=%s", key, os.environ.get(key, "<unset>"))
+    for key in sorted([*job.spec.run.env, *job.spec.run.env_from]):  # never the values
+        logger.info("run.env %s %s", key, "is set" if key in os.environ else "is NOT set")
