@@ -6,10 +6,12 @@ Exit codes: 0 success, 2 bad input (spec, data, arguments), 1 the job failed.
 from __future__ import annotations
 
 import functools
+import shlex
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -20,7 +22,8 @@ from rich.text import Text
 
 from orchestrator import __version__
 from orchestrator.errors import InputError, OrchestratorError
-from orchestrator.secrets import redact_urls
+from orchestrator.launch.signals import EXIT_INTERRUPTED, RunInterrupted, raise_interrupt
+from orchestrator.secrets import private_files, redact_override, redact_urls
 
 __all__ = ["app", "main"]
 
@@ -52,11 +55,14 @@ def _exits(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except OrchestratorError as exc:
-            _error(str(exc))
+            if exc.exit_code == EXIT_INTERRUPTED:  # not an error: the user stopped it
+                err_console.print(redact_urls(str(exc)), style="yellow", highlight=False)
+            else:
+                _error(str(exc))
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
-            _error("interrupted")
-            raise typer.Exit(130) from None
+            err_console.print("interrupted", style="yellow")
+            raise typer.Exit(EXIT_INTERRUPTED) from None
         except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
             raise
         except Exception as exc:  # a bug, or an argument nothing checked: one line, no trace
@@ -64,6 +70,18 @@ def _exits(func: F) -> F:
                 raise
             _error(f"unexpected {type(exc).__name__}: {exc} (rerun with -v for the traceback)")
             raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _private(func: F) -> F:
+    """Run data this command writes (sqlite store, artifacts, ``.orchestrator/``, the Ray
+    session it starts) is readable by the user only."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with private_files():
+            return func(*args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
 
@@ -99,6 +117,7 @@ AddressOption = Annotated[str | None, typer.Option(
 
 @app.command()
 @_exits
+@_private
 def submit(
     job: Annotated[Path, typer.Argument(help="Job spec, e.g. jobs/demo.yaml.")],
     overrides: Annotated[list[str] | None, typer.Argument(
@@ -137,7 +156,12 @@ def submit(
     if dry_run:
         console.print("dry run: nothing started")
         return
-    _submit_embedded(prepared, verbose=verbose, resume=resume)
+    try:
+        _submit_embedded(prepared, verbose=verbose, resume=resume)
+    except RunInterrupted as exc:
+        command = shlex.join(["orchestrator", "submit", str(job),
+                              *map(redact_override, overrides or []), "--resume", exc.run_id])
+        raise RunInterrupted(exc.run_id, f"{exc}; continue it with: {command}") from None
 
 
 def _submit_embedded(prepared: Any, *, verbose: bool, resume: str | None) -> None:
@@ -350,13 +374,34 @@ TrackingUri = Annotated[str | None, typer.Option(
 
 
 def _tracking_uri(uri: str | None) -> str:
+    """The store to use, refused (exit 2) offline if MLflow could never open it."""
+    from orchestrator.spec import tracking_uri_problem
     from orchestrator.tracking.run import default_tracking_uri
 
+    problem = uri is not None and tracking_uri_problem(uri)
+    if problem:
+        raise InputError(f"--tracking-uri {redact_urls(uri or '')} {problem}")
     return uri or default_tracking_uri()
+
+
+@contextmanager
+def _store_errors(uri: str) -> Iterator[None]:
+    """MLflow refusing the store these commands were pointed at is bad input, not a crash."""
+    try:
+        yield
+    except OrchestratorError:
+        raise
+    except Exception as exc:
+        from mlflow.exceptions import MlflowException
+
+        if not isinstance(exc, MlflowException):
+            raise
+        raise InputError(f"--tracking-uri {redact_urls(uri)}: {exc}") from None
 
 
 @runs_app.command("import")
 @_exits
+@_private
 def runs_import(
     file: Annotated[Path, typer.Argument(
         help="detectron2 metrics.json or MMDetection log.json (told apart by content).")],
@@ -370,8 +415,10 @@ def runs_import(
     """Import a training log as a FINISHED MLflow run (detectron2 names, AP in percent)."""
     from orchestrator.tracking.importer import import_log
 
-    run_id = import_log(file, tracking_uri=_tracking_uri(tracking_uri), experiment=experiment,
-                        run_name=name, iters_per_epoch=iters_per_epoch)
+    uri = _tracking_uri(tracking_uri)
+    with _store_errors(uri):
+        run_id = import_log(file, tracking_uri=uri, experiment=experiment, run_name=name,
+                            iters_per_epoch=iters_per_epoch)
     console.print(run_id, highlight=False)
 
 
@@ -387,7 +434,9 @@ def runs_compare(
     from orchestrator.tracking.compare import compare_runs
     from orchestrator.tracking.compare_table import comparison_tables
 
-    comparison = compare_runs(runs, tracking_uri=_tracking_uri(tracking_uri))
+    uri = _tracking_uri(tracking_uri)
+    with _store_errors(uri):
+        comparison = compare_runs(runs, tracking_uri=uri)
     for table in comparison_tables(comparison):
         console.print(table)
     if plot is not None:
@@ -396,6 +445,7 @@ def runs_compare(
 
 @app.command("ui")
 @_exits
+@_private
 def ui(
     port: Annotated[int, typer.Option(min=1, max=65535, help="Port on 127.0.0.1.")] = 5000,
     tracking_uri: TrackingUri = None,
@@ -403,7 +453,11 @@ def ui(
     """Serve the MLflow UI over the project's runs on 127.0.0.1 until Ctrl-C."""
     from orchestrator.tracking.ui import start_ui
 
-    server = start_ui(_tracking_uri(tracking_uri), port=port)
+    uri = _tracking_uri(tracking_uri)
+    if uri.split(":", 1)[0] in {"http", "https", "databricks"}:
+        raise InputError(f"--tracking-uri {redact_urls(uri)}: ui serves a database store "
+                         "(sqlite:///PATH, postgresql://...); that one has its own server")
+    server = start_ui(uri, port=port)
     try:
         console.print(f"starting MLflow UI (log: {server.log_path}) ...", highlight=False)
         server.wait_ready(timeout=180)
@@ -438,8 +492,10 @@ def predict(
     from orchestrator.inference import find_images, load_run, predict_with_progress
 
     paths = find_images(images)
-    loaded = load_run(run, tracking_uri=_tracking_uri(tracking_uri), score=score,
-                      device=device, checkpoint=checkpoint)
+    uri = _tracking_uri(tracking_uri)
+    with _store_errors(uri):
+        loaded = load_run(run, tracking_uri=uri, score=score, device=device,
+                          checkpoint=checkpoint)
     console.print(f"run {loaded.run_id} ({loaded.run_name}): {len(paths)} image(s)",
                   highlight=False)
     result = predict_with_progress(loaded, paths, out, console=console)
@@ -453,13 +509,8 @@ def predict(
                   f"({result.num_predictions} predictions) in {out}", highlight=False)
 
 
-def _terminated(signum: int, frame: object) -> None:
-    """SIGTERM (``orchestrator stop``, Ray stopping a job) unwinds like Ctrl-C, so the driver
-    marks its MLflow run KILLED instead of dying with the run left RUNNING."""
-    raise KeyboardInterrupt
-
-
 def main() -> None:
-    """Console-script entry point."""
-    signal.signal(signal.SIGTERM, _terminated)
+    """Console-script entry point. SIGTERM unwinds like Ctrl-C, so the driver marks its MLflow
+    run KILLED instead of dying with the run left RUNNING."""
+    signal.signal(signal.SIGTERM, raise_interrupt)
     sys.exit(app())

@@ -26,6 +26,7 @@ __all__ = [
     "redact_urls",
     "redact_spec",
     "redact_assignment",
+    "redact_override",
     "worker_env",
     "private_files",
     "make_private",
@@ -66,6 +67,14 @@ def redact_assignment(assignment: Mapping[str, Any]) -> dict[str, Any]:
     """A sweep assignment (``{field.path: value}``) safe to show or store."""
     return {key: _mask_values(value) if _is_env_key(key) else _redact_tree(value)
             for key, value in assignment.items()}
+
+
+def redact_override(override: str) -> str:
+    """A ``key.path=value`` override as messages may show it (a ``run.env`` value masked)."""
+    key, sep, _ = override.partition("=")
+    if sep and _is_env_key(key.strip()):
+        return f"{key}={MASK}"
+    return redact_urls(override)
 
 
 def redact_spec(data: Mapping[str, Any]) -> dict[str, Any]:

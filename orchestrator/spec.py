@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import difflib
 import itertools
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -21,7 +22,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from orchestrator.errors import InputError
-from orchestrator.secrets import ENV_NAME, MASK, redact_spec, redact_urls
+from orchestrator.secrets import ENV_NAME, redact_override, redact_spec, redact_urls
 
 __all__ = [
     "ModelSpec",
@@ -39,6 +40,7 @@ __all__ = [
     "apply_overrides",
     "expand_sweep",
     "find_specs",
+    "tracking_uri_problem",
 ]
 
 PositiveInt = Annotated[int, Field(ge=1)]
@@ -193,6 +195,22 @@ class EvalSpec(_Strict):
     )
 
 
+# What MLflow's client accepts (a plain path too); ``postgresql+psycopg2`` is ``postgresql``.
+TRACKING_SCHEMES = ("sqlite", "file", "http", "https", "postgresql", "mysql", "mssql",
+                    "databricks", "databricks-uc", "uc")
+
+
+def tracking_uri_problem(uri: str) -> str | None:
+    """Why MLflow would refuse ``uri`` (offline, before it is used), or None."""
+    if not uri.strip():
+        return "is empty"
+    match = re.match(r"([A-Za-z][A-Za-z0-9.\-]*)(\+[\w.\-]+)?:", uri)
+    if match and match[1].lower() not in TRACKING_SCHEMES:
+        return (f"has scheme '{match[1]}', not an MLflow store (use sqlite:///PATH, "
+                "http(s)://HOST:PORT, postgresql://, mysql://, file:PATH)")
+    return None
+
+
 class TrackingSpec(_Strict):
     """Where the MLflow run goes."""
 
@@ -203,9 +221,20 @@ class TrackingSpec(_Strict):
     run_name: str | None = Field(None, description="Default: the job name.")
     log_period: PositiveInt = Field(20, description="Iterations between metric writes.")
 
+    @model_validator(mode="after")
+    def _known_store(self) -> TrackingSpec:
+        problem = self.tracking_uri is not None and tracking_uri_problem(self.tracking_uri)
+        if problem:
+            raise ValueError(f"tracking_uri {redact_urls(self.tracking_uri or '')} {problem}")
+        return self
+
 
 class RunSpec(_Strict):
     """Ray-side settings of the run."""
+
+    # env: {OMP_NUM_THREADS: 4} means the string "4", as in a shell
+    model_config = ConfigDict(extra="forbid", validate_assignment=True,
+                              coerce_numbers_to_str=True)
 
     storage_path: str = Field(
         ".orchestrator/ray", description="Ray Train storage (local dir, NFS or s3://)."
@@ -284,23 +313,16 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     """Apply ``key.path=value`` overrides; values are parsed as YAML (``4``, ``[a, b]``)."""
     for item in overrides:
         key, sep, value = item.partition("=")
+        shown = redact_override(item)  # a run.env value may be a secret
         if not sep or not key.strip():
-            raise InputError(f"override '{_shown(item)}' is not of the form key.path=value")
+            raise InputError(f"override '{shown}' is not of the form key.path=value")
         try:  # 'key=' means the empty string, not null
             parsed = yaml.safe_load(value) if value.strip() else ""
         except yaml.YAMLError as exc:
-            why = "" if _shown(item) != item else f" ({exc})"
-            raise InputError(f"override '{_shown(item)}': value is not valid YAML{why}") from None
-        _set_path(raw, key, parsed, f"override '{_shown(item)}'")
+            why = "" if shown != item else f" ({exc})"
+            raise InputError(f"override '{shown}': value is not valid YAML{why}") from None
+        _set_path(raw, key, parsed, f"override '{shown}'")
     return raw
-
-
-def _shown(override: str) -> str:
-    """An override as messages may show it: a ``run.env`` value may be a secret."""
-    key, sep, _ = override.partition("=")
-    if key.strip().startswith("run.env") and sep:
-        return f"{key}={MASK}"
-    return redact_urls(override) if sep else override
 
 
 def expand_sweep(spec: JobSpec) -> list[tuple[dict[str, Any], JobSpec]]:

@@ -15,6 +15,7 @@ from rich.console import Console
 from orchestrator.errors import InputError, JobFailedError
 from orchestrator.job import WorkerJob
 from orchestrator.launch.progress import ProgressFollower
+from orchestrator.launch.signals import shielded
 from orchestrator.secrets import worker_env
 from orchestrator.spec import JobSpec
 
@@ -27,6 +28,10 @@ _RAY_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",
     "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
 }
+# For the embedded Ray only, read by Ray when it is imported: its node IP becomes 127.0.0.1
+# instead of the machine's address, and with it GCS, raylet, object manager, agents and every
+# worker listen on loopback only (Ray's own setting for single-machine Windows/macOS).
+LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 
 
 def ray_run_name(job: WorkerJob) -> str:
@@ -121,6 +126,9 @@ def fit(job: WorkerJob, *, console: Console, label: str = "") -> None:
 def ray_session(spec: JobSpec, *, verbose: bool = False) -> Iterator[None]:
     """Connect (embedded Ray, or the cluster of a Ray job's driver) for a block; reuses a
     connection that is already open (a sweep's), and then leaves it open."""
+    if not os.environ.get("RAY_ADDRESS"):  # before Ray is imported (it reads them then)
+        for key, value in LOOPBACK_ENV.items():
+            os.environ.setdefault(key, value)
     import ray
 
     if ray.is_initialized():
@@ -130,7 +138,8 @@ def ray_session(spec: JobSpec, *, verbose: bool = False) -> Iterator[None]:
     try:
         yield
     finally:
-        ray.shutdown()
+        with shielded():  # a second Ctrl-C must not leave Ray half shut down
+            ray.shutdown()
 
 
 def run_on_ray(job: WorkerJob, *, console: Console, verbose: bool = False,

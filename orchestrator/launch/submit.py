@@ -18,6 +18,7 @@ import orchestrator
 from orchestrator.data.catalog import ResolvedData, resolve_data
 from orchestrator.errors import InputError, JobFailedError
 from orchestrator.job import WorkerJob
+from orchestrator.launch.signals import INTERRUPTS, RunInterrupted, restored_handlers, shielded
 from orchestrator.models import PROJECT_ROOT, SUPPORTED_ARCHS, resolve_model_config
 from orchestrator.plan import ScalingPlan, make_plan
 from orchestrator.secrets import make_private, redact_urls, worker_env
@@ -143,8 +144,8 @@ def _start_run(prepared: Prepared, parent_run_id: str | None = None) -> RunTrack
         tracker.log_params({**prepared.plan.as_params(),
                             **flatten(spec.redacted(), "spec.")})
         tracker.log_text(spec.resolved_yaml(), "job.yaml")
-    except BaseException:
-        tracker.finish("FAILED")
+    except BaseException as exc:
+        tracker.finish("KILLED" if isinstance(exc, INTERRUPTS) else "FAILED")
         raise
     return tracker
 
@@ -181,14 +182,16 @@ def submit(prepared: Prepared, *, console: Console, verbose: bool = False,
     check_local_resources(prepared.spec)
     tracker = (_resume_run(prepared, resume) if resume
                else _start_run(prepared, parent_run_id))
-    job = _worker_job(prepared, tracker)
-    console.print(f"MLflow run {tracker.run_id} in {redact_urls(tracker.tracking_uri)}")
     try:
+        job = _worker_job(prepared, tracker)
+        console.print(f"MLflow run {tracker.run_id} in {redact_urls(tracker.tracking_uri)}")
         tracker.set_tags({"ray_run_name": job.output_dir.rsplit("/", 1)[-1]})
-        run_on_ray(job, console=console, verbose=verbose, label=label)
-    except (KeyboardInterrupt, SystemExit):
-        tracker.finish("KILLED")
-        raise
+        with restored_handlers():  # Ray's signal handlers end with its session
+            run_on_ray(job, console=console, verbose=verbose, label=label)
+    except INTERRUPTS:  # Ctrl-C or SIGTERM, whichever handler caught it (launch.signals)
+        with shielded():
+            tracker.finish("KILLED")
+        raise RunInterrupted(tracker.run_id) from None
     except BaseException as exc:
         tracker.finish("FAILED")
         if isinstance(exc, InputError | JobFailedError):

@@ -15,6 +15,7 @@ from typing import Any
 
 from rich.console import Console
 
+from orchestrator.launch.signals import INTERRUPTS, RunInterrupted, shielded
 from orchestrator.launch.submit import SubmitOutcome, check_data, plan_table, prepare, submit
 from orchestrator.secrets import redact_assignment
 from orchestrator.spec import JobSpec, expand_sweep
@@ -107,9 +108,12 @@ def run_sweep(spec: JobSpec, *, console: Console, verbose: bool = False,
     run = _at_once if on_cluster() and len(children) > 1 else _in_turn
     try:
         done = run(children, parent, console, verbose)
-    except (KeyboardInterrupt, SystemExit):
-        parent.finish("KILLED")
-        raise
+    except (RunInterrupted, *INTERRUPTS) as exc:
+        with shielded():
+            parent.finish("KILLED")
+        child = f" and child run {exc.run_id}" if isinstance(exc, RunInterrupted) else ""
+        raise RunInterrupted(parent.run_id, f"interrupted: sweep run {parent.run_id}{child} "
+                             "marked KILLED") from None
     except BaseException:
         parent.finish("FAILED")
         raise
