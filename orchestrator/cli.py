@@ -259,6 +259,8 @@ def data_synth(
                               overwrite=overwrite)
     except (ValueError, FileExistsError) as exc:
         raise InputError(str(exc)) from None
+    except OSError as exc:
+        raise InputError(f"{out_dir}: cannot write the dataset there ({exc})") from None
     for split in (made.train, made.val):
         console.print(f"{split.name}: {split.num_images} images, {split.json_file}")
 
@@ -440,7 +442,10 @@ def runs_compare(
     for table in comparison_tables(comparison):
         console.print(table)
     if plot is not None:
-        console.print(f"plot: {comparison.plot(plot)}", highlight=False)
+        try:
+            console.print(f"plot: {comparison.plot(plot)}", highlight=False)
+        except OSError as exc:
+            raise InputError(f"--plot {plot}: cannot write it ({exc})") from None
 
 
 @app.command("ui")

@@ -362,14 +362,19 @@ def _fields_at(loc: tuple[int | str, ...]) -> list[str]:
     return list(getattr(model, "model_fields", {}))
 
 
-def _field_path(loc: tuple[int | str, ...]) -> tuple[int | str, ...]:
-    """The loc without pydantic's union-member labels (``constrained-int``, ``tuple[...]``)."""
-    return tuple(p for p in loc if isinstance(p, int) or not any(c in p for c in "-[("))
+def _field_path(error: Any) -> tuple[int | str, ...]:
+    """The loc without pydantic's union-member labels (``constrained-int``, ``tuple[...]``);
+    an unknown key is the user's own word and is kept whatever it looks like."""
+    loc = tuple(error["loc"])
+    last = loc[-1:] if error["type"] == "extra_forbidden" else ()
+    kept = loc[:-1] if last else loc
+    return tuple(p for p in kept
+                 if isinstance(p, int) or not any(c in p for c in "-[(")) + last
 
 
 def _describe(error: Any) -> str:
     """One line per pydantic error: field path, message, and a 'did you mean' for unknown keys."""
-    loc = _field_path(tuple(error["loc"]))
+    loc = _field_path(error)
     path = ".".join(str(p) for p in loc) or "(top level)"
     message = error["msg"]
     if error["type"] == "extra_forbidden":
@@ -394,7 +399,7 @@ def parse_spec(raw: Any, *, source: str = "<spec>", overrides: list[str] | None 
     except ValidationError as exc:
         # A value failing every member of a union yields one error per member: keep the first
         # per field (the plain form, e.g. an int for resources.workers).
-        first = {_field_path(tuple(e["loc"])): e for e in reversed(exc.errors())}
+        first = {_field_path(e): e for e in reversed(exc.errors())}
         lines = [_describe(e) for e in reversed(first.values())]
         raise InputError(f"{source}: invalid job spec\n" + "\n".join(lines)) from None
     if spec.sweep:

@@ -15,7 +15,7 @@ from rich.console import Console
 from orchestrator.errors import InputError, JobFailedError
 from orchestrator.job import WorkerJob
 from orchestrator.launch.progress import ProgressFollower
-from orchestrator.launch.signals import shielded
+from orchestrator.launch.signals import reclaim_sigterm, shielded
 from orchestrator.secrets import worker_env
 from orchestrator.spec import JobSpec
 
@@ -70,6 +70,7 @@ def _init_ray(spec: JobSpec, verbose: bool) -> None:
             ray.init(address=os.environ["RAY_ADDRESS"], **common)
         except Exception as exc:
             raise JobFailedError(f"could not join the Ray cluster: {exc}") from exc
+        reclaim_sigterm()
         return
     res = spec.resources
     num_cpus = math.ceil(spec.run.num_cpus or 0) or max(
@@ -80,6 +81,7 @@ def _init_ray(spec: JobSpec, verbose: bool) -> None:
                  **common)
     except Exception as exc:
         raise JobFailedError(f"could not start the embedded Ray: {exc}") from exc
+    reclaim_sigterm()
 
 
 def _trainer(job: WorkerJob, queue: Any) -> Any:

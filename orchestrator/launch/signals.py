@@ -18,7 +18,7 @@ from typing import Any
 from orchestrator.errors import OrchestratorError
 
 __all__ = ["INTERRUPTS", "EXIT_INTERRUPTED", "RunInterrupted", "raise_interrupt",
-           "restored_handlers", "shielded"]
+           "reclaim_sigterm", "restored_handlers", "shielded"]
 
 INTERRUPTS = (KeyboardInterrupt, SystemExit)
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, for SIGTERM too (README)
@@ -38,6 +38,14 @@ class RunInterrupted(OrchestratorError):
 def raise_interrupt(signum: int, frame: object) -> None:
     """SIGTERM (``orchestrator stop``, Ray stopping a job, ``kill``) unwinds like Ctrl-C."""
     raise KeyboardInterrupt
+
+
+def reclaim_sigterm() -> None:
+    """Call after ``ray.init``: Ray's core worker installs a native SIGTERM handler when the
+    driver connects (it prints a stack dump and kills the process, leaving the MLflow run
+    RUNNING). Ours unwinds instead."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, raise_interrupt)
 
 
 @contextmanager

@@ -43,7 +43,7 @@ def test_signals_end_the_run_killed_with_exit_130(workdir: Path, how: str) -> No
     output = head + rest
     client = MlflowClient(tracking_uri=f"sqlite:///{job.parent / 'mlflow.db'}")
     (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
-    assert run.info.status == "KILLED"
+    assert run.info.status == "KILLED", output
     assert proc.returncode == 130, output
     resume = f"orchestrator submit tiny.yaml resources.workers=1 --resume {run.info.run_id}"
     lines = [line for line in rest.splitlines() if "marked KILLED" in line]
