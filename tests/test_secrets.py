@@ -92,7 +92,8 @@ def test_cluster_upload_names_secrets_and_carries_values_in_the_job_env(
     text = uploaded.resolved_yaml(redact=False)
     for secret in ("spec-secret", "env-secret", "uri-secret"):
         assert secret not in text
-    assert uploaded.run.env_from == ["A", "FROM_ENV_X"]
+    assert uploaded.run.env == {"A": MASK} and uploaded.run.env_from == ["FROM_ENV_X"]
+    assert uploaded.tracking.tracking_uri is None
 
 
 def test_dry_run_prints_no_secret(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:

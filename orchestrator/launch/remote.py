@@ -21,7 +21,7 @@ from rich.console import Console
 
 from orchestrator.errors import InputError, JobFailedError
 from orchestrator.models import PROJECT_ROOT
-from orchestrator.secrets import redact_urls, worker_env
+from orchestrator.secrets import MASK, redact_urls, worker_env
 from orchestrator.spec import JobSpec
 
 __all__ = ["jobs_client", "staged_project", "for_cluster", "submit_remote", "follow", "TERMINAL"]
@@ -77,11 +77,12 @@ def for_cluster(spec: JobSpec) -> tuple[JobSpec, dict[str, str]]:
     """The spec to upload and the job's environment: secrets travel only in the environment.
 
     ``run.env`` and ``run.env_from`` values become the job's env vars (Ray hands them to the
-    driver and every worker) and the uploaded spec only names them (``run.env_from``); a
-    tracking URI with credentials travels as ``MLFLOW_TRACKING_URI``.
+    driver and every worker); the uploaded spec keeps the ``run.env`` keys with masked values
+    (the cluster's driver records them as a local run would), and a tracking URI with
+    credentials travels as ``MLFLOW_TRACKING_URI``.
     """
     env = worker_env(spec.run.env, spec.run.env_from)
-    run = spec.run.model_copy(update={"env": {}, "env_from": sorted(env)})
+    run = spec.run.model_copy(update={"env": dict.fromkeys(spec.run.env, MASK)})
     tracking = spec.tracking
     uri = tracking.tracking_uri
     if uri and redact_urls(uri) != uri:
