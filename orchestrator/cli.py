@@ -23,7 +23,7 @@ from rich.text import Text
 from orchestrator import __version__
 from orchestrator.errors import InputError, OrchestratorError
 from orchestrator.launch.signals import EXIT_INTERRUPTED, RunInterrupted, raise_interrupt
-from orchestrator.secrets import private_files, redact_override, redact_urls
+from orchestrator.secrets import private_files, redact_assignment, redact_override, redact_urls
 
 __all__ = ["app", "main"]
 
@@ -193,7 +193,7 @@ def _submit_sweep(spec: Any, *, dry_run: bool, resume: str | None, skip_data_che
     outcome = run_sweep(spec, console=console, verbose=verbose, skip_data_check=skip_data_check)
     table = Table("assignment", "run id", *FINAL_METRICS, title="sweep results")
     for assignment, child in outcome.children:
-        table.add_row(str(assignment), child.run_id or "",
+        table.add_row(str(redact_assignment(assignment)), child.run_id or "",
                       *(f"{child.metrics.get(k, float('nan')):.2f}" for k in FINAL_METRICS))
     console.print(table)
     console.print(f"MLflow parent run id: {outcome.parent_run_id}")
@@ -212,7 +212,12 @@ def _submit_remote(spec: Any, *, address: str, detach: bool, dry_run: bool) -> N
     if detach:
         console.print(f"follow it with: orchestrator logs {job_id} --address {address}")
         return
-    status = remote.follow(address, job_id, console)
+    try:
+        status = remote.follow(address, job_id, console)
+    except KeyboardInterrupt:
+        raise RunInterrupted(job_id, f"stopped following; Ray job {job_id} keeps running "
+                             f"(stop it with: orchestrator stop {job_id} --address {address})"
+                             ) from None
     console.print(f"Ray job {job_id}: {status}")
     if status != "SUCCEEDED":
         raise JobFailedError(f"Ray job {job_id} ended {status}")

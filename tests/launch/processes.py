@@ -6,6 +6,7 @@ import ipaddress
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -82,15 +83,18 @@ class TreeWatch:
                 continue
 
     def follow(self, proc: subprocess.Popen, timeout: float, every: float = 0.3) -> str:
-        """Poll until ``proc`` ends; returns its output."""
+        """Poll until ``proc`` ends (its output read by a thread meanwhile); returns the
+        output."""
         assert proc.stdout is not None
-        os.set_blocking(proc.stdout.fileno(), False)
-        out = []
+        lines: list[str] = []
+        reader = threading.Thread(target=lambda: lines.extend(proc.stdout or ()), daemon=True)
+        reader.start()
         deadline = time.monotonic() + timeout
         while proc.poll() is None and time.monotonic() < deadline:
             self.poll()
-            out.append(proc.stdout.read() or "")
             time.sleep(every)
-        os.set_blocking(proc.stdout.fileno(), True)
-        rest, _ = proc.communicate(timeout=60)
-        return "".join(out) + (rest or "")
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=60)
+        reader.join(timeout=60)
+        return "".join(lines)
