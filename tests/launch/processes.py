@@ -61,7 +61,7 @@ class TreeWatch:
     root: int
     listeners: dict[tuple[int, str, int], Listener] = field(default_factory=dict)
     environs: dict[int, dict[str, str]] = field(default_factory=dict)
-    names: dict[int, str] = field(default_factory=dict)
+    names: dict[int, set[str]] = field(default_factory=dict)  # titles change (ray::IDLE...)
 
     def poll(self) -> None:
         try:
@@ -72,7 +72,7 @@ class TreeWatch:
         for proc in procs:
             try:
                 name = proc.name()
-                self.names[proc.pid] = name
+                self.names.setdefault(proc.pid, set()).add(name)
                 if proc.pid not in self.environs:
                     self.environs[proc.pid] = proc.environ()
                 for conn in proc.net_connections(kind="inet"):
@@ -97,4 +97,5 @@ class TreeWatch:
             proc.kill()
         proc.wait(timeout=60)
         reader.join(timeout=60)
+        proc.stdout.close()
         return "".join(lines)

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from orchestrator.secrets import private_files
 from orchestrator.tracking.ui import start_ui
 from tests.conftest import TINY_JOB, write_spec
 from tests.launch.processes import TreeWatch, start_submit
@@ -44,8 +45,9 @@ def watched(tmp_path_factory: pytest.TempPathFactory) -> Watched:
     (workdir / ".orchestrator").mkdir(mode=0o755)  # made before runs were kept private
     (workdir / ".orchestrator").chmod(0o755)
     write_spec(workdir / "tiny.yaml", TINY_JOB)
-    server = start_ui(f"sqlite:///{workdir / 'mlflow.db'}", port=_free_port(),
-                      log_path=workdir / "server.log")
+    with private_files():  # as `orchestrator ui` starts it
+        server = start_ui(f"sqlite:///{workdir / 'mlflow.db'}", port=_free_port(),
+                          log_path=workdir / "server.log")
     try:
         server.wait_ready(timeout=300)
         uri = server.url.replace("http://", f"http://alice:{PASSWORD}@")
@@ -74,8 +76,8 @@ def test_the_run_trains(watched: Watched) -> None:
 
 
 def test_secrets_reach_workers_and_nothing_we_store_or_print(watched: Watched) -> None:
-    workers = [pid for pid, name in watched.watch.names.items()
-               if name.startswith("ray::RayTrainWorker")]
+    workers = [pid for pid, names in watched.watch.names.items()
+               if any(name.startswith("ray::RayTrainWorker") for name in names)]
     assert workers
     for pid in workers:
         environ = watched.watch.environs[pid]
