@@ -73,8 +73,7 @@ class TreeWatch:
             try:
                 name = proc.name()
                 self.names.setdefault(proc.pid, set()).add(name)
-                if proc.pid not in self.environs:
-                    self.environs[proc.pid] = proc.environ()
+                self.environs[proc.pid] = proc.environ()  # the latest exec's
                 for conn in proc.net_connections(kind="inet"):
                     if conn.status == psutil.CONN_LISTEN:
                         key = (proc.pid, conn.laddr.ip, conn.laddr.port)
