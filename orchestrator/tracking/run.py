@@ -46,6 +46,12 @@ def _local_store(tracking_uri: str) -> list[Path]:
     return [db, db.parent / "mlruns"]
 
 
+def _no_printed_links() -> None:
+    """MLflow prints "View run ... at: URL" when a run ends, with the tracking URI as given:
+    credentials included. We print the run id ourselves."""
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+
+
 def flatten(tree: Any, prefix: str = "") -> dict[str, str]:
     """Nested dicts to ``a.b.c`` keys with string values, for MLflow params."""
     if isinstance(tree, dict):
@@ -89,6 +95,7 @@ class RunTracker:
         from mlflow.tracking import MlflowClient
 
         os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+        _no_printed_links()
         client = MlflowClient(tracking_uri=tracking_uri)
         try:
             found = client.get_experiment_by_name(experiment)
@@ -107,6 +114,7 @@ class RunTracker:
         from mlflow.exceptions import MlflowException
         from mlflow.tracking import MlflowClient
 
+        _no_printed_links()
         client = MlflowClient(tracking_uri=tracking_uri)
         try:
             run = client.get_run(run_id)
