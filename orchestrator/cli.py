@@ -6,18 +6,24 @@ Exit codes: 0 success, 2 bad input (spec, data, arguments), 1 the job failed.
 from __future__ import annotations
 
 import functools
+import shlex
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
+import click
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from orchestrator import __version__
 from orchestrator.errors import InputError, OrchestratorError
+from orchestrator.launch.signals import EXIT_INTERRUPTED, RunInterrupted, raise_interrupt
+from orchestrator.secrets import private_files, redact_assignment, redact_override, redact_urls
 
 __all__ = ["app", "main"]
 
@@ -32,8 +38,11 @@ app = typer.Typer(
 data_app = typer.Typer(help="Datasets: generate the synthetic shapes set.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
-console = Console()
-err_console = Console(stderr=True)
+# Markup off: messages carry user text ("[min, max]", paths, losses) that Rich would otherwise
+# read as style tags and drop. Colour goes through ``style=`` or ``Text`` instead.
+console = Console(markup=False)
+err_console = Console(stderr=True, markup=False)
+_tracebacks = {"on": False}  # set by -v: show the traceback of an unexpected error
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -46,13 +55,41 @@ def _exits(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except OrchestratorError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+            if exc.exit_code == EXIT_INTERRUPTED:  # not an error: the user stopped it
+                err_console.print(redact_urls(str(exc)), style="yellow", highlight=False)
+            else:
+                _error(str(exc))
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
-            err_console.print("[bold red]interrupted[/]")
-            raise typer.Exit(130) from None
+            err_console.print("interrupted", style="yellow")
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+        except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
+            raise
+        except Exception as exc:  # a bug, or an argument nothing checked: one line, no trace
+            if _tracebacks["on"] or kwargs.get("verbose"):
+                raise
+            _error(f"unexpected {type(exc).__name__}: {exc} (rerun with -v for the traceback)")
+            raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _private(func: F) -> F:
+    """Run data this command writes (sqlite store, artifacts, ``.orchestrator/``, the Ray
+    session it starts) is readable by the user only."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with private_files():
+            return func(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _error(message: str) -> None:
+    """``error: ...`` on stderr, credentials in URLs masked, the message shown as is."""
+    err_console.print(Text.assemble(("error:", "bold red"), " ", redact_urls(message)),
+                      highlight=False)
 
 
 def _version(value: bool) -> None:
@@ -65,8 +102,11 @@ def _version(value: bool) -> None:
 def _root(
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
                                           help="Show the version and exit.")] = False,
+    verbose: Annotated[bool, typer.Option(
+        "--verbose", "-v", help="Show the traceback of an unexpected error.")] = False,
 ) -> None:
     """Train detectron2 instance-segmentation models on Ray, tracked in MLflow."""
+    _tracebacks["on"] = verbose
 
 
 AddressOption = Annotated[str | None, typer.Option(
@@ -77,6 +117,7 @@ AddressOption = Annotated[str | None, typer.Option(
 
 @app.command()
 @_exits
+@_private
 def submit(
     job: Annotated[Path, typer.Argument(help="Job spec, e.g. jobs/demo.yaml.")],
     overrides: Annotated[list[str] | None, typer.Argument(
@@ -117,7 +158,12 @@ def submit(
     if dry_run:
         console.print("dry run: nothing started")
         return
-    _submit_embedded(prepared, verbose=verbose, resume=resume)
+    try:
+        _submit_embedded(prepared, verbose=verbose, resume=resume)
+    except RunInterrupted as exc:
+        command = shlex.join(["orchestrator", "submit", str(job),
+                              *map(redact_override, overrides or []), "--resume", exc.run_id])
+        raise RunInterrupted(exc.run_id, f"{exc}; continue it with: {command}") from None
 
 
 def _submit_embedded(prepared: Any, *, verbose: bool, resume: str | None) -> None:
@@ -149,7 +195,7 @@ def _submit_sweep(spec: Any, *, dry_run: bool, resume: str | None, skip_data_che
     outcome = run_sweep(spec, console=console, verbose=verbose, skip_data_check=skip_data_check)
     table = Table("assignment", "run id", *FINAL_METRICS, title="sweep results")
     for assignment, child in outcome.children:
-        table.add_row(str(assignment), child.run_id or "",
+        table.add_row(str(redact_assignment(assignment)), child.run_id or "",
                       *(f"{child.metrics.get(k, float('nan')):.2f}" for k in FINAL_METRICS))
     console.print(table)
     console.print(f"MLflow parent run id: {outcome.parent_run_id}")
@@ -168,7 +214,12 @@ def _submit_remote(spec: Any, *, address: str, detach: bool, dry_run: bool) -> N
     if detach:
         console.print(f"follow it with: orchestrator logs {job_id} --address {address}")
         return
-    status = remote.follow(address, job_id, console)
+    try:
+        status = remote.follow(address, job_id, console)
+    except KeyboardInterrupt:
+        raise RunInterrupted(job_id, f"stopped following; Ray job {job_id} keeps running "
+                             f"(stop it with: orchestrator stop {job_id} --address {address})"
+                             ) from None
     console.print(f"Ray job {job_id}: {status}")
     if status != "SUCCEEDED":
         raise JobFailedError(f"Ray job {job_id} ended {status}")
@@ -190,10 +241,10 @@ def validate(
     for path in files:
         try:
             load_spec(path)
-            console.print(f"[green]ok[/]      {path}", highlight=False)
+            console.print(Text.assemble(("ok", "green"), f"      {path}"), highlight=False)
         except InputError as exc:
             failures += 1
-            err_console.print(f"[red]invalid[/] {exc}", highlight=False)
+            err_console.print(Text.assemble(("invalid", "red"), f" {exc}"), highlight=False)
     if failures:
         raise InputError(f"{failures} of {len(files)} job specs are invalid")
 
@@ -215,6 +266,8 @@ def data_synth(
                               overwrite=overwrite)
     except (ValueError, FileExistsError) as exc:
         raise InputError(str(exc)) from None
+    except OSError as exc:
+        raise InputError(f"{out_dir}: cannot write the dataset there ({exc})") from None
     for split in (made.train, made.val):
         console.print(f"{split.name}: {split.num_images} images, {split.json_file}")
 
@@ -263,7 +316,8 @@ def data_check(
         what = f"the fixed copy {fix} still has errors" if fix else "errors found"
         raise InputError(f"{what}: {', '.join(d.code for d in report.errors)}; "
                          f"to write a corrected copy run: {report.fix_command()}")
-    console.print("[green]ok[/]: no errors" + (" (see warnings above)" if report.defects else ""))
+    console.print(Text.assemble(("ok", "green"), ": no errors",
+                                " (see warnings above)" if report.defects else ""))
 
 
 RequiredAddress = Annotated[str, typer.Option(
@@ -333,13 +387,34 @@ TrackingUri = Annotated[str | None, typer.Option(
 
 
 def _tracking_uri(uri: str | None) -> str:
+    """The store to use, refused (exit 2) offline if MLflow could never open it."""
+    from orchestrator.spec import tracking_uri_problem
     from orchestrator.tracking.run import default_tracking_uri
 
+    problem = uri is not None and tracking_uri_problem(uri)
+    if problem:
+        raise InputError(f"--tracking-uri {redact_urls(uri or '')} {problem}")
     return uri or default_tracking_uri()
+
+
+@contextmanager
+def _store_errors(uri: str) -> Iterator[None]:
+    """MLflow refusing the store these commands were pointed at is bad input, not a crash."""
+    try:
+        yield
+    except OrchestratorError:
+        raise
+    except Exception as exc:
+        from mlflow.exceptions import MlflowException
+
+        if not isinstance(exc, MlflowException):
+            raise
+        raise InputError(f"--tracking-uri {redact_urls(uri)}: {exc}") from None
 
 
 @runs_app.command("import")
 @_exits
+@_private
 def runs_import(
     file: Annotated[Path, typer.Argument(
         help="detectron2 metrics.json or MMDetection log.json (told apart by content).")],
@@ -353,8 +428,10 @@ def runs_import(
     """Import a training log as a FINISHED MLflow run (detectron2 names, AP in percent)."""
     from orchestrator.tracking.importer import import_log
 
-    run_id = import_log(file, tracking_uri=_tracking_uri(tracking_uri), experiment=experiment,
-                        run_name=name, iters_per_epoch=iters_per_epoch)
+    uri = _tracking_uri(tracking_uri)
+    with _store_errors(uri):
+        run_id = import_log(file, tracking_uri=uri, experiment=experiment, run_name=name,
+                            iters_per_epoch=iters_per_epoch)
     console.print(run_id, highlight=False)
 
 
@@ -371,23 +448,33 @@ def runs_compare(
     from orchestrator.tracking.compare_plot import plot_curves
     from orchestrator.tracking.compare_table import comparison_tables
 
-    comparison = compare_runs(runs, tracking_uri=_tracking_uri(tracking_uri))
+    uri = _tracking_uri(tracking_uri)
+    with _store_errors(uri):
+        comparison = compare_runs(runs, tracking_uri=uri)
     for table in comparison_tables(comparison):
         console.print(table)
     if plot is not None:
-        console.print(f"plot: {plot_curves(comparison, plot)}", highlight=False)
+        try:
+            console.print(f"plot: {plot_curves(comparison, plot)}", highlight=False)
+        except OSError as exc:
+            raise InputError(f"--plot {plot}: cannot write it ({exc})") from None
 
 
 @app.command("ui")
 @_exits
+@_private
 def ui(
-    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5000,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port on 127.0.0.1.")] = 5000,
     tracking_uri: TrackingUri = None,
 ) -> None:
     """Serve the MLflow UI over the project's runs on 127.0.0.1 until Ctrl-C."""
     from orchestrator.tracking.ui import start_ui
 
-    server = start_ui(_tracking_uri(tracking_uri), port=port)
+    uri = _tracking_uri(tracking_uri)
+    if uri.split(":", 1)[0] in {"http", "https", "databricks"}:
+        raise InputError(f"--tracking-uri {redact_urls(uri)}: ui serves a database store "
+                         "(sqlite:///PATH, postgresql://...); that one has its own server")
+    server = start_ui(uri, port=port)
     try:
         console.print(f"starting MLflow UI (log: {server.log_path}) ...", highlight=False)
         server.wait_ready(timeout=180)
@@ -419,15 +506,15 @@ def predict(
         "--device", help="cpu or cuda.")] = "cpu",
 ) -> None:
     """Draw a run's predictions on images: one PNG each plus a COCO-style predictions.json."""
-    from rich.markup import escape
-
     from orchestrator.inference import find_images, load_run, predict_with_progress
     from orchestrator.inference.predict import check_outputs
 
     paths = find_images(images)
     check_outputs(paths, out)
-    loaded = load_run(run, tracking_uri=_tracking_uri(tracking_uri), score=score,
-                      device=device, checkpoint=checkpoint)
+    uri = _tracking_uri(tracking_uri)
+    with _store_errors(uri):
+        loaded = load_run(run, tracking_uri=uri, score=score, device=device,
+                          checkpoint=checkpoint)
     console.print(f"run {loaded.run_id} ({loaded.run_name}): {len(paths)} image(s)",
                   highlight=False)
     result = predict_with_progress(loaded, paths, out, console=console)
@@ -435,18 +522,14 @@ def predict(
         why = result.skipped[0][1] if len(paths) == 1 else "no file in it is a readable image"
         raise InputError(f"{images}: {why}")
     for path, why in result.skipped:
-        err_console.print(f"[yellow]skipped[/] {escape(f'{path}: {why}')}", highlight=False)
+        err_console.print(Text.assemble(("skipped", "yellow"), f" {path}: {why}"),
+                          highlight=False)
     console.print(f"{len(result.written)} PNG(s) and {result.json_path} "
                   f"({result.num_predictions} predictions) in {out}", highlight=False)
 
 
-def _terminated(signum: int, frame: object) -> None:
-    """SIGTERM (``orchestrator stop``, Ray stopping a job) unwinds like Ctrl-C, so the driver
-    marks its MLflow run KILLED instead of dying with the run left RUNNING."""
-    raise KeyboardInterrupt
-
-
 def main() -> None:
-    """Console-script entry point."""
-    signal.signal(signal.SIGTERM, _terminated)
+    """Console-script entry point. SIGTERM unwinds like Ctrl-C, so the driver marks its MLflow
+    run KILLED instead of dying with the run left RUNNING."""
+    signal.signal(signal.SIGTERM, raise_interrupt)
     sys.exit(app())

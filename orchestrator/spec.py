@@ -15,6 +15,7 @@ import copy
 import difflib
 import itertools
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -22,6 +23,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from orchestrator.errors import InputError
+from orchestrator.secrets import ENV_NAME, redact_override, redact_spec, redact_urls
 from orchestrator.spec_yaml import load_yaml
 
 __all__ = [
@@ -41,6 +43,7 @@ __all__ = [
     "expand_sweep",
     "find_specs",
     "max_workers_ceiling",
+    "tracking_uri_problem",
 ]
 
 # strict: 2.5, "4" and true are not counts (pydantic would otherwise accept true as 1).
@@ -200,6 +203,22 @@ class EvalSpec(_Strict):
     )
 
 
+# What MLflow's client accepts (a plain path too); ``postgresql+psycopg2`` is ``postgresql``.
+TRACKING_SCHEMES = ("sqlite", "file", "http", "https", "postgresql", "mysql", "mssql",
+                    "databricks", "databricks-uc", "uc")
+
+
+def tracking_uri_problem(uri: str) -> str | None:
+    """Why MLflow would refuse ``uri`` (offline, before it is used), or None."""
+    if not uri.strip():
+        return "is empty"
+    match = re.match(r"([A-Za-z][A-Za-z0-9.\-]*)(\+[\w.\-]+)?:", uri)
+    if match and match[1].lower() not in TRACKING_SCHEMES:
+        return (f"has scheme '{match[1]}', not an MLflow store (use sqlite:///PATH, "
+                "http(s)://HOST:PORT, postgresql://, mysql://, file:PATH)")
+    return None
+
+
 class TrackingSpec(_Strict):
     """Where the MLflow run goes."""
 
@@ -210,9 +229,20 @@ class TrackingSpec(_Strict):
     run_name: str | None = Field(None, description="Default: the job name.")
     log_period: PositiveInt = Field(20, description="Iterations between metric writes.")
 
+    @model_validator(mode="after")
+    def _known_store(self) -> TrackingSpec:
+        problem = self.tracking_uri is not None and tracking_uri_problem(self.tracking_uri)
+        if problem:
+            raise ValueError(f"tracking_uri {redact_urls(self.tracking_uri or '')} {problem}")
+        return self
+
 
 class RunSpec(_Strict):
     """Ray-side settings of the run."""
+
+    # env: {OMP_NUM_THREADS: 4} means the string "4", as in a shell
+    model_config = ConfigDict(extra="forbid", validate_assignment=True,
+                              coerce_numbers_to_str=True)
 
     storage_path: str = Field(
         ".orchestrator/ray", description="Ray Train storage (local dir, NFS or s3://)."
@@ -225,12 +255,24 @@ class RunSpec(_Strict):
     )
     env: dict[str, str] = Field(
         default_factory=dict,
-        description="Environment for the driver and every worker, e.g. NCCL_SOCKET_IFNAME, "
-        "NCCL_DEBUG.",
+        description="Environment for every worker, e.g. NCCL_SOCKET_IFNAME, NCCL_DEBUG. "
+        "Values are masked wherever the run is stored or shown.",
+    )
+    env_from: list[Annotated[str, Field(pattern=ENV_NAME)]] = Field(
+        default_factory=list,
+        description="Names of variables copied from the environment of `orchestrator submit` "
+        "to every worker: secrets (tokens, passwords) that must not be written in a spec.",
     )
     collective_timeout_s: PositiveInt = Field(
         1800, description="Process-group timeout: a hung collective fails the attempt."
     )
+
+    @model_validator(mode="after")
+    def _env_once(self) -> RunSpec:
+        both = sorted(set(self.env) & set(self.env_from))
+        if both:
+            raise ValueError(f"{', '.join(both)} in both env and env_from: keep one")
+        return self
 
 
 class JobSpec(_Strict):
@@ -252,9 +294,15 @@ class JobSpec(_Strict):
         "one parent run, e.g. {resources.workers: [1, 2], solver.reference_lr: [0.01, 0.02]}.",
     )
 
-    def resolved_yaml(self) -> str:
-        """The spec as it will run (defaults filled, overrides applied), for saving with the run."""
-        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+    def resolved_yaml(self, *, redact: bool = True) -> str:
+        """The spec as it will run (defaults filled, overrides applied), for saving with the
+        run: ``run.env`` values and URL credentials masked unless ``redact=False``."""
+        data = self.model_dump(mode="json")
+        return yaml.safe_dump(redact_spec(data) if redact else data, sort_keys=False)
+
+    def redacted(self) -> dict[str, Any]:
+        """``model_dump`` safe to store or show (``orchestrator.secrets.redact_spec``)."""
+        return redact_spec(self.model_dump(mode="json"))
 
 
 def _set_path(raw: dict[str, Any], key: str, value: Any, what: str) -> None:
@@ -273,13 +321,15 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     """Apply ``key.path=value`` overrides; values are parsed as YAML (``4``, ``[a, b]``)."""
     for item in overrides:
         key, sep, value = item.partition("=")
+        shown = redact_override(item)  # a run.env value may be a secret
         if not sep or not key.strip():
-            raise InputError(f"override '{item}' is not of the form key.path=value")
+            raise InputError(f"override '{shown}' is not of the form key.path=value")
         try:  # 'key=' means the empty string, not null
             parsed = load_yaml(value) if value.strip() else ""
         except yaml.YAMLError as exc:
-            raise InputError(f"override '{item}': value is not valid YAML ({exc})") from exc
-        _set_path(raw, key, parsed, f"override '{item}'")
+            why = "" if shown != item else f" ({exc})"
+            raise InputError(f"override '{shown}': value is not valid YAML{why}") from None
+        _set_path(raw, key, parsed, f"override '{shown}'")
     return raw
 
 
@@ -320,14 +370,19 @@ def _fields_at(loc: tuple[int | str, ...]) -> list[str]:
     return list(getattr(model, "model_fields", {}))
 
 
-def _field_path(loc: tuple[int | str, ...]) -> tuple[int | str, ...]:
-    """The loc without pydantic's union-member labels (``constrained-int``, ``tuple[...]``)."""
-    return tuple(p for p in loc if isinstance(p, int) or not any(c in p for c in "-[("))
+def _field_path(error: Any) -> tuple[int | str, ...]:
+    """The loc without pydantic's union-member labels (``constrained-int``, ``tuple[...]``);
+    an unknown key is the user's own word and is kept whatever it looks like."""
+    loc = tuple(error["loc"])
+    last = loc[-1:] if error["type"] == "extra_forbidden" else ()
+    kept = loc[:-1] if last else loc
+    return tuple(p for p in kept
+                 if isinstance(p, int) or not any(c in p for c in "-[(")) + last
 
 
 def _describe(error: Any) -> str:
     """One line per pydantic error: field path, message, and a 'did you mean' for unknown keys."""
-    loc = _field_path(tuple(error["loc"]))
+    loc = _field_path(error)
     path = ".".join(str(p) for p in loc) or "(top level)"
     message = error["msg"]
     if error["type"] == "extra_forbidden":
@@ -337,8 +392,8 @@ def _describe(error: Any) -> str:
         message = f"unknown key ({hint})"
     elif error["type"] == "missing":
         message = "required field is missing"
-    elif "input" in error and error["type"] != "value_error":
-        message = f"{message} (got {error['input']!r})"
+    elif "input" in error and error["type"] != "value_error" and loc[:2] != ("run", "env"):
+        message = f"{message} (got {error['input']!r})"  # run.env values may be secrets
     return f"  {path}: {message}"
 
 
@@ -352,7 +407,7 @@ def parse_spec(raw: Any, *, source: str = "<spec>", overrides: list[str] | None 
     except ValidationError as exc:
         # A value failing every member of a union yields one error per member: keep the first
         # per field (the plain form, e.g. an int for resources.workers).
-        first = {_field_path(tuple(e["loc"])): e for e in reversed(exc.errors())}
+        first = {_field_path(e): e for e in reversed(exc.errors())}
         lines = [_describe(e) for e in reversed(first.values())]
         raise InputError(f"{source}: invalid job spec\n" + "\n".join(lines)) from None
     _check_worker_ceiling(spec, source)

@@ -231,6 +231,7 @@ class CheckReport:
     def table(self) -> Table:
         """The same content as ``format()`` as a rich table, for terminals."""
         from rich.table import Table
+        from rich.text import Text
 
         table = Table(title=self.summary(), title_justify="left", show_lines=True)
         for name in ("severity", "defect", "count", "first examples", "how to fix"):
@@ -238,7 +239,7 @@ class CheckReport:
         for d in self.defects:
             colour = "red" if d.severity == "error" else "yellow"
             examples = "\n".join(e.describe() for e in d.examples[:3])
-            table.add_row(f"[{colour}]{d.severity}[/]", f"{d.code}\n{d.kind.title}",
+            table.add_row(Text(d.severity, style=colour), f"{d.code}\n{d.kind.title}",
                           str(d.count), examples, d.kind.fix)
         return table
 

@@ -15,6 +15,8 @@ from rich.console import Console
 from orchestrator.errors import InputError, JobFailedError
 from orchestrator.job import WorkerJob
 from orchestrator.launch.progress import ProgressFollower
+from orchestrator.launch.signals import reclaim_sigterm, shielded
+from orchestrator.secrets import worker_env
 from orchestrator.spec import JobSpec
 
 __all__ = ["check_local_resources", "fit", "ray_session", "run_on_ray", "ray_run_name"]
@@ -26,6 +28,10 @@ _RAY_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",
     "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
 }
+# For the embedded Ray only, read by Ray when it is imported: its node IP becomes 127.0.0.1
+# instead of the machine's address, and with it GCS, raylet, object manager, agents and every
+# worker listen on loopback only (Ray's own setting for single-machine Windows/macOS).
+LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 
 
 def ray_run_name(job: WorkerJob) -> str:
@@ -64,15 +70,18 @@ def _init_ray(spec: JobSpec, verbose: bool) -> None:
             ray.init(address=os.environ["RAY_ADDRESS"], **common)
         except Exception as exc:
             raise JobFailedError(f"could not join the Ray cluster: {exc}") from exc
+        reclaim_sigterm()
         return
     res = spec.resources
     num_cpus = math.ceil(spec.run.num_cpus or 0) or max(
         os.cpu_count() or 1, math.ceil(res.max_workers * res.cpus_per_worker))
     try:
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
-                 runtime_env={"env_vars": dict(spec.run.env)}, **common)
+                 runtime_env={"env_vars": worker_env(spec.run.env, spec.run.env_from)},
+                 **common)
     except Exception as exc:
         raise JobFailedError(f"could not start the embedded Ray: {exc}") from exc
+    reclaim_sigterm()
 
 
 def _trainer(job: WorkerJob, queue: Any) -> Any:
@@ -119,6 +128,9 @@ def fit(job: WorkerJob, *, console: Console, label: str = "") -> None:
 def ray_session(spec: JobSpec, *, verbose: bool = False) -> Iterator[None]:
     """Connect (embedded Ray, or the cluster of a Ray job's driver) for a block; reuses a
     connection that is already open (a sweep's), and then leaves it open."""
+    if not os.environ.get("RAY_ADDRESS"):  # before Ray is imported (it reads them then)
+        for key, value in LOOPBACK_ENV.items():
+            os.environ.setdefault(key, value)
     import ray
 
     if ray.is_initialized():
@@ -128,7 +140,8 @@ def ray_session(spec: JobSpec, *, verbose: bool = False) -> Iterator[None]:
     try:
         yield
     finally:
-        ray.shutdown()
+        with shielded():  # a second Ctrl-C must not leave Ray half shut down
+            ray.shutdown()
 
 
 def run_on_ray(job: WorkerJob, *, console: Console, verbose: bool = False,

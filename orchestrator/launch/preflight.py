@@ -24,13 +24,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from orchestrator.errors import InputError
+from orchestrator.secrets import redact_urls
 
 if TYPE_CHECKING:
     from rich.console import Console
 
     from orchestrator.launch.submit import Prepared
 
-__all__ = ["Check", "CHECKS", "Context", "run_checks", "PROBE_TIMEOUT_S", "redact_uri"]
+__all__ = ["Check", "CHECKS", "Context", "run_checks", "PROBE_TIMEOUT_S"]
 
 Stage = Literal["plan", "launch"]
 # Each network probe gives up after this long: an offline machine answers in seconds.
@@ -85,20 +86,11 @@ def run_checks(prepared: Prepared, stage: Stage, *,
         check.run(ctx)
         timings.append((check.name, time.perf_counter() - start))
     if console is not None:
-        from rich.markup import escape
+        from rich.text import Text
 
-        for note in ctx.notes:
-            console.print(f"[yellow]pre-flight:[/] {escape(note)}", highlight=False)
+        for note in ctx.notes:  # Text: a note's brackets are shown, never read as markup
+            console.print(Text.assemble(("pre-flight:", "yellow"), " ", note))
     return timings
-
-
-def redact_uri(uri: str) -> str:
-    """The URI without a password (``http://user:***@host``), for messages."""
-    parts = urllib.parse.urlsplit(uri)
-    if parts.password is None:
-        return uri
-    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
 # --------------------------------------------------------------------------- plan stage
@@ -246,7 +238,7 @@ def check_tracking(ctx: Context) -> None:
         return
     problem = _probe(uri.rstrip("/") + "/health")
     if problem:
-        raise InputError(f"tracking.tracking_uri: no MLflow server answers at {redact_uri(uri)} "
+        raise InputError(f"tracking.tracking_uri: no MLflow server answers at {redact_urls(uri)} "
                          f"within {PROBE_TIMEOUT_S:g} s ({problem}); start it (orchestrator ui, "
                          "mlflow server) or leave tracking.tracking_uri empty for a local "
                          "sqlite store")
@@ -277,8 +269,8 @@ def check_weights_url(ctx: Context) -> None:
         return
     problem = _probe(url, method="HEAD")
     if problem:
-        raise InputError(f"model.weights: {redact_uri(weights)} cannot be downloaded from "
-                         f"{redact_uri(url)} within {PROBE_TIMEOUT_S:g} s ({problem}); is this "
+        raise InputError(f"model.weights: {redact_urls(weights)} cannot be downloaded from "
+                         f"{redact_urls(url)} within {PROBE_TIMEOUT_S:g} s ({problem}); is this "
                          "machine offline? Download the file elsewhere and give its path")
 
 

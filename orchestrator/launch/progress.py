@@ -61,8 +61,11 @@ class ProgressFollower:
             self._run_lines()
 
     def _run_bar(self) -> None:
-        columns = (TextColumn(self._label or "training"), BarColumn(), MofNCompleteColumn(),
-                   TimeElapsedColumn(), TextColumn("{task.description}"))
+        # Plain text: a sweep child's label is ``name[key=value]`` (not a style), and it is a
+        # format string to TextColumn (braces doubled).
+        label = (self._label or "training").replace("{", "{{").replace("}", "}}")
+        columns = (TextColumn(label, markup=False), BarColumn(), MofNCompleteColumn(),
+                   TimeElapsedColumn(), TextColumn("{task.description}", markup=False))
         with Progress(*columns, console=self._console, transient=False) as bar:
             task = bar.add_task("starting workers...", total=self._max_iter)
             for record in self._records():

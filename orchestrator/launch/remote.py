@@ -21,9 +21,10 @@ from rich.console import Console
 
 from orchestrator.errors import InputError, JobFailedError
 from orchestrator.models import PROJECT_ROOT
+from orchestrator.secrets import MASK, redact_urls, worker_env
 from orchestrator.spec import JobSpec
 
-__all__ = ["jobs_client", "staged_project", "submit_remote", "follow", "TERMINAL"]
+__all__ = ["jobs_client", "staged_project", "for_cluster", "submit_remote", "follow", "TERMINAL"]
 
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 # What the cluster needs to run the driver: the package, model configs and job specs.
@@ -54,7 +55,7 @@ def staged_project(spec: JobSpec) -> Iterator[Path]:
                                 ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
             elif source.is_file():
                 shutil.copy2(source, root / name)
-        (root / SPEC_NAME).write_text(spec.resolved_yaml(), encoding="utf-8")
+        (root / SPEC_NAME).write_text(spec.resolved_yaml(redact=False), encoding="utf-8")
         yield root
 
 
@@ -63,13 +64,31 @@ def submit_remote(spec: JobSpec, *, address: str, console: Console,
     """Upload and start the job on the cluster; returns the submission id."""
     client = jobs_client(address)
     entrypoint = f"{shlex.quote(python)} -m orchestrator submit {SPEC_NAME}"
-    env = dict(spec.run.env)
+    spec, env = for_cluster(spec)
     with staged_project(spec) as root:
         job_id = _submit_with_retry(client, address, entrypoint=entrypoint,
                                     runtime_env={"working_dir": str(root), "env_vars": env},
                                     metadata={"orchestrator_job": spec.name})
     console.print(f"submitted {spec.name} as Ray job {job_id} to {address}")
     return job_id
+
+
+def for_cluster(spec: JobSpec) -> tuple[JobSpec, dict[str, str]]:
+    """The spec to upload and the job's environment: secrets travel only in the environment.
+
+    ``run.env`` and ``run.env_from`` values become the job's env vars (Ray hands them to the
+    driver and every worker); the uploaded spec keeps the ``run.env`` keys with masked values
+    (the cluster's driver records them as a local run would), and a tracking URI with
+    credentials travels as ``MLFLOW_TRACKING_URI``.
+    """
+    env = worker_env(spec.run.env, spec.run.env_from)
+    run = spec.run.model_copy(update={"env": dict.fromkeys(spec.run.env, MASK)})
+    tracking = spec.tracking
+    uri = tracking.tracking_uri
+    if uri and redact_urls(uri) != uri:
+        env["MLFLOW_TRACKING_URI"] = uri
+        tracking = tracking.model_copy(update={"tracking_uri": None})
+    return spec.model_copy(update={"run": run, "tracking": tracking}), env
 
 
 def _submit_with_retry(client: Any, address: str, *, wait_s: float = 60,

@@ -12,14 +12,17 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 import orchestrator
 from orchestrator.data.catalog import ResolvedData, resolve_data
 from orchestrator.errors import InputError, JobFailedError
 from orchestrator.job import WorkerJob
+from orchestrator.launch.signals import INTERRUPTS, RunInterrupted, restored_handlers, shielded
 from orchestrator.models import PROJECT_ROOT, SUPPORTED_ARCHS, resolve_model_config
 from orchestrator.models.preflight import check_trainable
 from orchestrator.plan import ScalingPlan, make_plan
+from orchestrator.secrets import make_private, redact_urls, worker_env
 from orchestrator.spec import JobSpec
 from orchestrator.tracking.run import RunTracker, default_tracking_uri, flatten, git_commit
 
@@ -77,11 +80,19 @@ def prepare(spec: JobSpec, *, workdir: Path | None = None, strict: bool = True) 
                          f"(available: {', '.join(sorted(SUPPORTED_ARCHS))})")
     config_file = resolve_model_config(spec.model.config, workdir)
     check_trainable(config_file, list(spec.model.opts))
+    worker_env(spec.run.env, spec.run.env_from)  # a missing env_from variable is bad input
     spec = _absolute(spec, workdir)
+    _private_dir(workdir / ".orchestrator")
     data = resolve_data(spec, cache_root=workdir / ".orchestrator" / "datasets", base=workdir,
                         strict=strict)
     return Prepared(spec=spec, data=data, plan=make_plan(spec, data.usable_images),
                     config_file=config_file)
+
+
+def _private_dir(path: Path) -> None:
+    """``.orchestrator/`` holds datasets, logs and checkpoints: the user's only."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    make_private(path)
 
 
 def check_data(prepared: Prepared, *, skip: bool, console: Console) -> Prepared:
@@ -94,7 +105,7 @@ def check_data(prepared: Prepared, *, skip: bool, console: Console) -> Prepared:
     from orchestrator.data.check import preflight, raise_for_errors
 
     if skip:
-        console.print("[yellow]data check skipped (--skip-data-check)[/]")
+        console.print("data check skipped (--skip-data-check)", style="yellow")
         return replace(prepared, data_check="skipped")
     reports = preflight(prepared.data)
     for report in reports:
@@ -113,8 +124,8 @@ def plan_table(prepared: Prepared) -> Table:
     table.add_row("model", f"{prepared.spec.model.arch} ({prepared.config_file.name})")
     for label, ds in (("train data", prepared.data.train), ("test data", prepared.data.test)):
         if ds is not None:
-            found = "" if ds.exists else f" [yellow](not found: {ds.json_file})[/]"
-            table.add_row(label, f"{ds.name}{found}")
+            found = "" if ds.exists else f" (not found: {ds.json_file})"
+            table.add_row(label, Text.assemble(ds.name, (found, "yellow")))
     table.add_row("classes", str(len(prepared.data.class_names) or "-"))
     return table
 
@@ -140,10 +151,10 @@ def _start_run(prepared: Prepared, parent_run_id: str | None = None) -> RunTrack
                                 run_name=spec.tracking.run_name or spec.name, tags=tags)
     try:
         tracker.log_params({**prepared.plan.as_params(),
-                            **flatten(spec.model_dump(mode="json"), "spec.")})
+                            **flatten(spec.redacted(), "spec.")})
         tracker.log_text(spec.resolved_yaml(), "job.yaml")
-    except BaseException:
-        tracker.finish("FAILED")
+    except BaseException as exc:
+        tracker.finish("KILLED" if isinstance(exc, INTERRUPTS) else "FAILED")
         raise
     return tracker
 
@@ -183,14 +194,16 @@ def submit(prepared: Prepared, *, console: Console, verbose: bool = False,
         run_checks(prepared, "launch", console=console)
     tracker = (_resume_run(prepared, resume) if resume
                else _start_run(prepared, parent_run_id))
-    job = _worker_job(prepared, tracker)
-    console.print(f"MLflow run {tracker.run_id} in {tracker.tracking_uri}")
     try:
+        job = _worker_job(prepared, tracker)
+        console.print(f"MLflow run {tracker.run_id} in {redact_urls(tracker.tracking_uri)}")
         tracker.set_tags({"ray_run_name": job.output_dir.rsplit("/", 1)[-1]})
-        run_on_ray(job, console=console, verbose=verbose, label=label)
-    except (KeyboardInterrupt, SystemExit):
-        tracker.finish("KILLED")
-        raise
+        with restored_handlers():  # Ray's signal handlers end with its session
+            run_on_ray(job, console=console, verbose=verbose, label=label)
+    except INTERRUPTS:  # Ctrl-C or SIGTERM, whichever handler caught it (launch.signals)
+        with shielded():
+            tracker.finish("KILLED")
+        raise RunInterrupted(tracker.run_id) from None
     except BaseException as exc:
         tracker.finish("FAILED")
         if isinstance(exc, InputError | JobFailedError):

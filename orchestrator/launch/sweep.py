@@ -16,7 +16,9 @@ from typing import Any
 from rich.console import Console
 
 from orchestrator.launch.preflight import run_checks
+from orchestrator.launch.signals import INTERRUPTS, RunInterrupted, shielded
 from orchestrator.launch.submit import SubmitOutcome, check_data, plan_table, prepare, submit
+from orchestrator.secrets import redact_assignment
 from orchestrator.spec import JobSpec, expand_sweep
 from orchestrator.tracking.run import RunTracker
 
@@ -31,7 +33,8 @@ class SweepOutcome:
 
 def child_run_name(name: str, assignment: dict[str, Any]) -> str:
     """``demo[resources.workers=2,solver.reference_lr=0.01]``: readable in the MLflow UI."""
-    return f"{name}[{','.join(f'{k}={v}' for k, v in assignment.items())}]"
+    shown = redact_assignment(assignment)
+    return f"{name}[{','.join(f'{k}={v}' for k, v in shown.items())}]"
 
 
 def _child(spec: JobSpec, assignment: dict[str, Any]) -> JobSpec:
@@ -57,7 +60,7 @@ def _open_parent(spec: JobSpec, tracking_uri: str) -> RunTracker:
     parent = RunTracker.create(tracking_uri=tracking_uri, experiment=spec.tracking.experiment,
                                run_name=spec.tracking.run_name or spec.name,
                                tags={"sweep": "true", "job": spec.name, **spec.tags})
-    parent.log_params({f"sweep.{k}": str(v) for k, v in spec.sweep.items()})
+    parent.log_params({f"sweep.{k}": str(v) for k, v in spec.redacted()["sweep"].items()})
     parent.log_text(spec.resolved_yaml(), "job.yaml")
     return parent
 
@@ -69,7 +72,8 @@ Done = list[tuple[dict[str, Any], SubmitOutcome]]
 def _in_turn(children: Children, parent: RunTracker, console: Console, verbose: bool) -> Done:
     done: Done = []
     for assignment, prepared in children:
-        console.print(f"sweep {len(done) + 1}/{len(children)}: {assignment}")
+        console.print(f"sweep {len(done) + 1}/{len(children)}: "
+                      f"{redact_assignment(assignment)}")
         done.append((assignment, submit(prepared, console=console, verbose=verbose,
                                         parent_run_id=parent.run_id)))
     return done
@@ -109,9 +113,12 @@ def run_sweep(spec: JobSpec, *, console: Console, verbose: bool = False,
     run = _at_once if on_cluster() and len(children) > 1 else _in_turn
     try:
         done = run(children, parent, console, verbose)
-    except (KeyboardInterrupt, SystemExit):
-        parent.finish("KILLED")
-        raise
+    except (RunInterrupted, *INTERRUPTS) as exc:
+        with shielded():
+            parent.finish("KILLED")
+        child = f" and child run {exc.run_id}" if isinstance(exc, RunInterrupted) else ""
+        raise RunInterrupted(parent.run_id, f"interrupted: sweep run {parent.run_id}{child} "
+                             "marked KILLED") from None
     except BaseException:
         parent.finish("FAILED")
         raise

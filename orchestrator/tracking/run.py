@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import InputError, JobFailedError
+from orchestrator.secrets import make_private, redact_urls
 
 __all__ = [
     "default_tracking_uri",
@@ -35,6 +36,20 @@ def _artifact_root(tracking_uri: str) -> str | None:
         db = Path(tracking_uri.removeprefix("sqlite:///"))
         return (db.parent / "mlruns").resolve().as_uri()
     return None
+
+
+def _local_store(tracking_uri: str) -> list[Path]:
+    """The files of a local sqlite store: the database and its artifact folder."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return []
+    db = Path(tracking_uri.removeprefix("sqlite:///"))
+    return [db, db.parent / "mlruns"]
+
+
+def _no_printed_links() -> None:
+    """MLflow prints "View run ... at: URL" when a run ends, with the tracking URI as given:
+    credentials included. We print the run id ourselves."""
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, str]:
@@ -80,6 +95,7 @@ class RunTracker:
         from mlflow.tracking import MlflowClient
 
         os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+        _no_printed_links()
         client = MlflowClient(tracking_uri=tracking_uri)
         try:
             found = client.get_experiment_by_name(experiment)
@@ -87,7 +103,9 @@ class RunTracker:
                 experiment, artifact_location=_artifact_root(tracking_uri))
             run = client.create_run(exp_id, run_name=run_name, tags=tags)
         except MlflowException as exc:
-            raise JobFailedError(f"MLflow at {tracking_uri}: cannot create the run: {exc}") from exc
+            raise JobFailedError(redact_urls(f"MLflow at {tracking_uri}: cannot create the run: "
+                                             f"{exc}")) from None
+        make_private(*_local_store(tracking_uri))  # a store made before runs were kept private
         return cls(tracking_uri=tracking_uri, run_id=run.info.run_id, experiment_id=exp_id)
 
     @classmethod
@@ -96,11 +114,13 @@ class RunTracker:
         from mlflow.exceptions import MlflowException
         from mlflow.tracking import MlflowClient
 
+        _no_printed_links()
         client = MlflowClient(tracking_uri=tracking_uri)
         try:
             run = client.get_run(run_id)
         except MlflowException:
-            raise InputError(f"--resume {run_id}: no such MLflow run in {tracking_uri}") from None
+            raise InputError(f"--resume {run_id}: no such MLflow run in "
+                             f"{redact_urls(tracking_uri)}") from None
         if run.info.status == "RUNNING":
             raise InputError(f"--resume {run_id}: the run is still RUNNING; stop it first")
         client.update_run(run_id, status="RUNNING")

@@ -16,6 +16,7 @@ from detectron2.utils.logger import setup_logger
 
 from orchestrator.data.register import register_datasets
 from orchestrator.job import WorkerJob
+from orchestrator.secrets import redact_urls
 from orchestrator.tracking.writer import MLflowWriter, SystemMetricsWriter
 from orchestrator.training.config import build_cfg
 from orchestrator.training.dist import setup_local_process_group
@@ -42,14 +43,26 @@ def _device() -> str:
     return "cpu"
 
 
+class _RedactUrls(logging.Filter):
+    """Log files and config.yaml are run artifacts: a weights URL's credentials stay out."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "@" in message:
+            record.msg, record.args = redact_urls(message), ()
+        return True
+
+
 def _prepare_output(cfg: CfgNode) -> None:
     """What detectron2's ``default_setup`` does that we want: logs and config.yaml."""
     os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
     rank = comm.get_rank()
     for name in ("fvcore", "orchestrator", "detectron2"):
-        setup_logger(cfg.OUTPUT_DIR, distributed_rank=rank, name=name)
+        for handler in setup_logger(cfg.OUTPUT_DIR, distributed_rank=rank, name=name).handlers:
+            handler.addFilter(_RedactUrls())
     if comm.is_main_process():
-        Path(cfg.OUTPUT_DIR, "config.yaml").write_text(cfg.dump(), encoding="utf-8")
+        Path(cfg.OUTPUT_DIR, "config.yaml").write_text(redact_urls(cfg.dump()),
+                                                       encoding="utf-8")
 
 
 def _writers(job: WorkerJob, queue: Any) -> list[Any]:
@@ -97,5 +110,5 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 def _log_start(job: WorkerJob, cfg: CfgNode) -> None:
     logger.info("rank %d/%d (pid %d) starts training: %d iterations", comm.get_rank(),
                 comm.get_world_size(), os.getpid(), cfg.SOLVER.MAX_ITER)
-    for key in sorted(job.spec.run.env):  # what reached this worker from run.env
-        logger.info("run.env %s=%s", key, os.environ.get(key, "<unset>"))
+    for key in sorted([*job.spec.run.env, *job.spec.run.env_from]):  # never the values
+        logger.info("run.env %s %s", key, "is set" if key in os.environ else "is NOT set")

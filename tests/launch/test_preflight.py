@@ -202,7 +202,8 @@ def test_any_http_answer_counts_as_a_reachable_server() -> None:
     import threading
     from http.server import BaseHTTPRequestHandler, HTTPServer
 
-    from orchestrator.launch.preflight import _probe, redact_uri
+    from orchestrator.launch.preflight import _probe
+    from orchestrator.secrets import redact_urls
 
     class NotFound(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
@@ -220,4 +221,4 @@ def test_any_http_answer_counts_as_a_reachable_server() -> None:
         server.shutdown()
         server.server_close()
     assert "Connection refused" in str(_probe(f"http://127.0.0.1:{free_port()}/health"))
-    assert redact_uri("http://user:secret@host:5000/x") == "http://user:***@host:5000/x"
+    assert redact_urls("http://user:secret@host:5000/x") == "http://****@host:5000/x"

@@ -89,7 +89,7 @@ def test_submit_follows_the_job_to_the_end_and_tracks_it(head: str, workdir: Pat
     client = MlflowClient(tracking_uri=f"sqlite:///{store}")
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert [r.info.status for r in runs] == ["FINISHED"]
-    assert runs[0].data.params["spec.run.env.ORCHESTRATOR_TEST_MARK"] == "remote"
+    assert runs[0].data.params["spec.run.env.ORCHESTRATOR_TEST_MARK"] == "****"  # masked
     assert f"MLflow run id: {runs[0].info.run_id}" in result.output
 
     listed = runner.invoke(app, ["list", "--address", head])

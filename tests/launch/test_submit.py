@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -28,7 +23,7 @@ def only_run(workdir: Path):  # type: ignore[no-untyped-def]
 
 def test_two_workers_train_and_mlflow_records_everything(workdir: Path) -> None:
     job = write_spec(workdir / "tiny.yaml", TINY_JOB)
-    result = runner.invoke(app, ["submit", str(job), "run.env={ORCHESTRATOR_PROBE: seen}"])
+    result = runner.invoke(app, ["submit", str(job), "run.env={ORCHESTRATOR_PROBE: probe-7f3a}"])
     assert result.exit_code == 0, result.output
     client, run = only_run(workdir)
     assert run.info.status == "FINISHED"
@@ -52,7 +47,8 @@ def test_two_workers_train_and_mlflow_records_everything(workdir: Path) -> None:
     assert "segm/AP" in result.output
     assert "system/memory_gb" in run.data.metrics
     worker_log = next((workdir / ".orchestrator" / "output").glob("*/log.txt.rank1")).read_text()
-    assert "run.env ORCHESTRATOR_PROBE=seen" in worker_log  # run.env reached every worker
+    assert "run.env ORCHESTRATOR_PROBE is set" in worker_log  # reached every worker
+    assert "probe-7f3a" not in worker_log and params["spec.run.env.ORCHESTRATOR_PROBE"] == "****"
 
 
 def test_worker_failure_marks_the_run_failed(workdir: Path) -> None:
@@ -76,23 +72,6 @@ def test_ray_start_failure_exits_1_and_marks_the_run_failed(
     assert result.exit_code == 1, result.output
     assert "could not start the embedded Ray" in result.output
     assert only_run(workdir)[1].info.status == "FAILED"
-
-
-def test_ctrl_c_marks_the_run_killed(workdir: Path) -> None:
-    job = write_spec(workdir / "tiny.yaml", TINY_JOB.replace("max_iter: 6", "max_iter: 500"))
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "orchestrator", "submit", str(job)],
-                            cwd=workdir, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    assert proc.stdout is not None
-    deadline = time.monotonic() + 300
-    for line in proc.stdout:  # wait until training is under way
-        if line.startswith("iter ") or time.monotonic() > deadline:
-            break
-    proc.send_signal(signal.SIGINT)
-    rest, _ = proc.communicate(timeout=120)
-    assert proc.returncode != 0, rest
-    assert only_run(workdir)[1].info.status == "KILLED"
 
 
 def test_a_dataset_repaired_by_data_check_trains(workdir: Path) -> None:
