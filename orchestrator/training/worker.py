@@ -64,7 +64,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train entry point: ``config`` is ``WorkerJob.to_config()`` plus a progress queue."""
     context = ray.train.get_context()
     job = plan_for_world(WorkerJob.from_config(config), context.get_world_size())
-    setup_local_process_group(context.get_node_rank())
+    setup_local_process_group(ray.get_runtime_context().get_node_id())
     register_datasets(job.data)
     cfg = build_cfg(job, _device())
     _prepare_output(cfg)
@@ -95,7 +95,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
 
 def _log_start(job: WorkerJob, cfg: CfgNode) -> None:
-    logger.info("rank %d/%d (pid %d) starts training: %d iterations", comm.get_rank(),
-                comm.get_world_size(), os.getpid(), cfg.SOLVER.MAX_ITER)
+    logger.info("rank %d/%d (pid %d) starts training: %d iterations; node %s, local rank "
+                "%d/%d", comm.get_rank(), comm.get_world_size(), os.getpid(),
+                cfg.SOLVER.MAX_ITER, ray.get_runtime_context().get_node_id(),
+                comm.get_local_rank(), comm.get_local_size())
     for key in sorted(job.spec.run.env):  # what reached this worker from run.env
         logger.info("run.env %s=%s", key, os.environ.get(key, "<unset>"))
