@@ -92,9 +92,10 @@ def _trainer(job: WorkerJob, queue: Any) -> Any:
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={**job.to_config(), "progress_queue": queue},
-        scaling_config=ScalingConfig(num_workers=res.workers,  # type: ignore[arg-type]
-                                     use_gpu=res.gpus_per_worker > 0,
-                                     resources_per_worker=resources),
+        scaling_config=ScalingConfig(
+            num_workers=res.workers,  # type: ignore[arg-type]
+            use_gpu=res.gpus_per_worker > 0, resources_per_worker=resources,
+            elastic_resize_monitor_interval_s=job.spec.run.elastic_resize_check_s),
         run_config=RunConfig(name=ray_run_name(job), storage_path=job.spec.run.storage_path,
                              failure_config=FailureConfig(max_failures=job.spec.run.max_failures)),
         torch_config=TorchConfig(backend=job.plan.backend,

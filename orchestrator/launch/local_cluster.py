@@ -31,8 +31,12 @@ __all__ = ["ClusterProcess", "LocalCluster", "free_port", "node_processes", "rea
            "serve", "stop_from_state"]
 
 LOCALHOST = "127.0.0.1"
-# Quiet, and no token auth (the cluster only listens on 127.0.0.1), for the nodes and drivers.
-NODE_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
+# For the nodes and every process that joins them: quiet, no token auth (the cluster listens
+# on 127.0.0.1 only), and 127.0.0.1 kept as it is: Ray otherwise rewrites a 127.0.0.1 cluster
+# address into the machine's routable one, where nothing listens (that switch is Ray's
+# "single-host cluster" mode; it only refuses `ray start` of worker nodes, unused here).
+NODE_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled",
+            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 
 
 def free_port() -> int:
@@ -85,6 +89,20 @@ def _node_args(cpus: float, object_store_mib: int, temp_dir: str) -> dict[str, A
     }
 
 
+def _retried(start: Callable[[], Any], attempts: int = 3) -> Any:
+    """Ray gives a new raylet 30 s to register with the GCS, which a busy machine can miss:
+    the half-started node's processes are killed and it is started again."""
+    for attempt in range(attempts):
+        before = set(node_processes([os.getpid()]))
+        try:
+            return start()
+        except Exception:
+            _signal_all(sorted(set(node_processes([os.getpid()])) - before), signal.SIGKILL)
+            if attempt + 1 == attempts:
+                raise
+    raise AssertionError("unreachable")
+
+
 @dataclass
 class LocalCluster:
     """The nodes themselves, owned by this process (the supervisor)."""
@@ -102,6 +120,10 @@ class LocalCluster:
         return f"http://{LOCALHOST}:{self.dashboard_port}"
 
     @property
+    def ray_temp_dir(self) -> str:
+        return os.path.join(self.temp_dir, "ray")
+
+    @property
     def gcs_address(self) -> str:
         """The cluster address, as ``ray.init`` / ``RAY_ADDRESS`` take it."""
         return str(self._cluster.gcs_address)
@@ -111,13 +133,18 @@ class LocalCluster:
             raise InputError(f"--nodes: {nodes} is not a node count (1 or more)")
         from ray.cluster_utils import Cluster
 
-        for key, value in NODE_ENV.items():
-            os.environ.setdefault(key, value)
-        head = {**_node_args(self.cpus_per_node, self.object_store_mib, self.temp_dir),
+        os.environ.update(NODE_ENV)  # before Ray reads its constants
+        # Ray's default temp dir inside ours: Ray records "the current cluster" there (job
+        # drivers find their cluster by it), not in /tmp/ray, which other Rays here share.
+        os.environ["RAY_TMPDIR"] = self.temp_dir
+        # Job entrypoints run `python` from PATH: make it this environment's, as on a head
+        # installed with `make env`.
+        os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+        head = {**_node_args(self.cpus_per_node, self.object_store_mib, self.ray_temp_dir),
                 "include_dashboard": True, "dashboard_host": LOCALHOST,
                 "dashboard_port": self.dashboard_port, "ray_client_server_port": free_port()}
         self._cluster = Cluster(initialize_head=False, shutdown_at_exit=True)
-        self.nodes.append(("head", self._cluster.add_node(**head)))
+        self.nodes.append(("head", _retried(lambda: self._cluster.add_node(**head))))
         for _ in range(nodes - 1):
             self.add_node()
         return self
@@ -125,8 +152,8 @@ class LocalCluster:
     def add_node(self) -> str:
         """One more worker node; returns its name."""
         name = f"worker-{len(self.nodes)}"
-        args = _node_args(self.cpus_per_node, self.object_store_mib, self.temp_dir)
-        self.nodes.append((name, self._cluster.add_node(**args)))
+        self.nodes.append((name, _retried(lambda: self._cluster.add_node(**_node_args(
+            self.cpus_per_node, self.object_store_mib, self.ray_temp_dir)))))
         return name
 
     def state(self) -> dict[str, Any]:
@@ -149,6 +176,9 @@ class LocalCluster:
             except Exception:  # noqa: BLE001 - a node was killed already: kill what is left
                 _signal_all(node_processes(pids), signal.SIGKILL)
             self._cluster = None
+        # Anything of ours still running (a node that failed to start, orphans of a kill).
+        _signal_all([p for p in node_processes([os.getpid()]) if p != os.getpid()],
+                    signal.SIGKILL)
         shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
