@@ -152,8 +152,11 @@ class LocalCluster:
     def add_node(self) -> str:
         """One more worker node; returns its name."""
         name = f"worker-{len(self.nodes)}"
+        # Its own temp dir, as on a machine of its own: nodes sharing one would unpack job
+        # working dirs (runtime envs) over each other's.
+        temp = os.path.join(self.temp_dir, name)
         self.nodes.append((name, _retried(lambda: self._cluster.add_node(**_node_args(
-            self.cpus_per_node, self.object_store_mib, self.ray_temp_dir)))))
+            self.cpus_per_node, self.object_store_mib, temp)))))
         return name
 
     def state(self) -> dict[str, Any]:

@@ -73,3 +73,23 @@ def test_two_nodes_train_over_gloo_with_one_rank_on_each(workdir: Path,
     state = torch.load(next((workdir / "shared").glob("*/iter_0000005/model.pth")),
                        map_location="cpu", weights_only=False)
     assert state["iteration"] == 5 and state["total_batch"] == 2
+
+
+def said(result) -> str:  # type: ignore[no-untyped-def]
+    """The command's output with rich's line wrapping undone."""
+    return " ".join(result.output.split())
+
+
+def test_cluster_commands_refuse_bad_input_without_starting_ray(workdir: Path) -> None:
+    missing = runner.invoke(app, ["cluster", "down", "--state", str(workdir / "none.json")])
+    assert missing.exit_code == 2 and "no local cluster is recorded" in said(missing)
+    zero = runner.invoke(app, ["cluster", "up", "--nodes", "0",
+                               "--state", str(workdir / "c.json")])
+    assert zero.exit_code == 2 and "--nodes" in said(zero)
+    state = workdir / "c.json"
+    state.write_text('{"supervisor": 1, "address": "http://127.0.0.1:1", "temp_dir": "",'
+                     ' "nodes": [{"name": "head", "node_id": "x", "pids": []}]}')
+    unknown = runner.invoke(app, ["cluster", "kill-node", "worker-9", "--state", str(state)])
+    assert unknown.exit_code == 2 and "no such node (nodes: head)" in said(unknown)
+    taken = runner.invoke(app, ["cluster", "up", "--state", str(state)])
+    assert taken.exit_code == 2 and "recorded there already" in said(taken)

@@ -164,3 +164,27 @@ def test_head_loss_fails_the_run_and_resume_continues_on_a_new_cluster(
     steps = [s for s, _, _ in history(client, "total_loss")]
     assert steps == sorted(set(steps)) and steps[-1] == 15 and before < 15
     assert "restored from Ray checkpoint at iteration" in worker_logs(workdir)
+
+
+def test_a_node_added_mid_run_grows_an_elastic_group(workdir: Path,
+                                                     tmp_path_factory) -> None:  # type: ignore[no-untyped-def]
+    """Ray 2.60 Train resizes a running elastic group when room appears (checked every
+    run.elastic_resize_check_s): it restarts the group bigger from the last checkpoint."""
+    job = write_spec(workdir / "tiny.yaml", LONGER)
+    client = client_for(workdir)
+    with start_cluster(1, tmp_path_factory.mktemp("cluster")) as cluster:
+        proc = submit(workdir, cluster, job, "resources.workers=[1,2]", "eval.enabled=false",
+                      "run.elastic_resize_check_s=5")
+        try:
+            wait_for(lambda: last_step(client) >= 5, 600, "no progress before the new node")
+            cluster.add_node()
+        finally:
+            output = finish(proc)
+    assert proc.returncode == 0, output
+    run = the_run(client)
+    assert run is not None and run.info.status == "FINISHED"
+    assert [v for _, v, _ in history(client, "plan/workers")] == [1.0, 2.0]
+    steps = [s for s, _, _ in history(client, "total_loss")]
+    # The plan: 16 iterations at batch 2; the run ends there whatever batch it began at.
+    assert steps == sorted(set(steps)) and steps[-1] == 15, steps
+    assert any(world == 2 for _, world, *_ in starts(workdir))
