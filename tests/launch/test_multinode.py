@@ -72,7 +72,7 @@ def test_two_nodes_train_over_gloo_with_one_rank_on_each(workdir: Path,
     assert checkpoints == ["iter_0000002", "iter_0000005"]
     state = torch.load(next((workdir / "shared").glob("*/iter_0000005/model.pth")),
                        map_location="cpu", weights_only=False)
-    assert state["iteration"] == 5 and state["total_batch"] == 2
+    assert state["trainer"]["iteration"] == 5 and state["total_batch"] == 2
 
 
 def said(result) -> str:  # type: ignore[no-untyped-def]
