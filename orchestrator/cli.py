@@ -471,8 +471,11 @@ def cluster_up(
         ready(cluster.address, cluster.gcs_address)
         console.print("stop it with: orchestrator cluster down")
         return
-    serve(nodes, cpus_per_node=cpus_per_node, state_path=state,
-          on_ready=lambda c: (ready(c.address, c.gcs_address), console.print("Ctrl-C stops it.")))
+    def running(cluster: Any) -> None:
+        ready(cluster.address, cluster.gcs_address)
+        console.print("Ctrl-C stops it.")
+
+    serve(nodes, cpus_per_node=cpus_per_node, state_path=state, on_ready=running)
 
 
 @cluster_app.command("down")

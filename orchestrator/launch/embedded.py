@@ -92,7 +92,7 @@ def _trainer(job: WorkerJob, queue: Any) -> Any:
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={**job.to_config(), "progress_queue": queue},
-        scaling_config=ScalingConfig(
+        scaling_config=ScalingConfig(  # type: ignore[call-arg]  # Train V2's, Ray 2.60
             num_workers=res.workers,  # type: ignore[arg-type]
             use_gpu=res.gpus_per_worker > 0, resources_per_worker=resources,
             elastic_resize_monitor_interval_s=job.spec.run.elastic_resize_check_s),
