@@ -185,6 +185,10 @@ def test_a_node_added_mid_run_grows_an_elastic_group(workdir: Path,
     assert run is not None and run.info.status == "FINISHED"
     assert [v for _, v, _ in history(client, "plan/workers")] == [1.0, 2.0]
     steps = [s for s, _, _ in history(client, "total_loss")]
-    # The plan: 16 iterations at batch 2; the run ends there whatever batch it began at.
-    assert steps == sorted(set(steps)) and steps[-1] == 15, steps
+    assert steps == sorted(set(steps)), steps
+    # The plan: 16 iterations at batch 2; the run ends there whatever batch it began at. (Its
+    # last iterations renumber below steps logged at batch 1, so MLflow does not get them:
+    # a known gap, see README.)
+    assert list((workdir / "shared").glob("*/iter_0000015/model.pth"))
     assert any(world == 2 for _, world, *_ in starts(workdir))
+    assert "checkpoint was written at batch 1, training goes on at batch 2" in worker_logs(workdir)
