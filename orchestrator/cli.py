@@ -528,6 +528,105 @@ def predict(
                   f"({result.num_predictions} predictions) in {out}", highlight=False)
 
 
+cluster_app = typer.Typer(help="A local multi-node Ray cluster on 127.0.0.1, to rehearse the "
+                          "cluster path: submit --address works against it as against a "
+                          "cloud head.", no_args_is_help=True)
+app.add_typer(cluster_app, name="cluster")
+ClusterState = Annotated[Path, typer.Option(
+    "--state", help="The file that records the running cluster (addresses, node pids).")]
+_CLUSTER_STATE = Path(".orchestrator/local-cluster.json")
+
+
+@cluster_app.command("up")
+@_exits
+def cluster_up(
+    nodes: Annotated[int, typer.Option(help="Ray nodes: the head plus NODES-1 workers.")] = 2,
+    cpus_per_node: Annotated[float, typer.Option(help="CPUs each node offers.")] = 1,
+    detach: Annotated[bool, typer.Option(
+        "--detach", help="Return once it is up; stop it with `cluster down`. Default: run "
+        "until Ctrl-C.")] = False,
+    state: ClusterState = _CLUSTER_STATE,
+) -> None:
+    """Start a head and NODES-1 worker nodes (own raylets, ports, CPUs) on 127.0.0.1."""
+    from orchestrator.launch.local_cluster import ClusterProcess, read_state, serve
+
+    if state.exists():
+        raise InputError(f"--state {state}: a local cluster is recorded there already "
+                         f"(at {read_state(state)['address']}); `orchestrator cluster down` "
+                         "first, or pass another --state")
+    if nodes < 1:
+        raise InputError(f"--nodes: {nodes} is not a node count (1 or more)")
+
+    def ready(address: str, gcs: str) -> None:
+        console.print(f"{nodes} Ray node(s) up on 127.0.0.1, {cpus_per_node:g} CPU(s) each.\n"
+                      f"  orchestrator submit JOB --address {address}\n"
+                      f"  (ray.init / RAY_ADDRESS: {gcs}; state: {state})", highlight=False)
+
+    if detach:
+        cluster = ClusterProcess.start(nodes, cpus_per_node=cpus_per_node, state_path=state,
+                                       log_path=state.with_suffix(".log"))
+        ready(cluster.address, cluster.gcs_address)
+        console.print("stop it with: orchestrator cluster down")
+        return
+    def running(cluster: Any) -> None:
+        ready(cluster.address, cluster.gcs_address)
+        console.print("Ctrl-C stops it.")
+
+    serve(nodes, cpus_per_node=cpus_per_node, state_path=state, on_ready=running)
+
+
+@cluster_app.command("down")
+@_exits
+def cluster_down(state: ClusterState = _CLUSTER_STATE) -> None:
+    """Stop the local cluster (its supervisor, then any node process left), by pid."""
+    from orchestrator.launch.local_cluster import read_state, stop_from_state
+
+    was_up = stop_from_state(read_state(state))
+    state.unlink(missing_ok=True)
+    console.print("local cluster stopped" if was_up else "it had stopped already; cleaned up")
+
+
+@cluster_app.command("add-node")
+@_exits
+def cluster_add_node(state: ClusterState = _CLUSTER_STATE) -> None:
+    """Add a worker node to the running local cluster (rehearse a scale-up)."""
+    import os
+    import signal as sig
+
+    from orchestrator.launch.local_cluster import read_state
+
+    before = len(read_state(state)["nodes"])
+    os.kill(int(read_state(state)["supervisor"]), sig.SIGUSR1)
+    deadline = time.monotonic() + 120
+    while len(read_state(state)["nodes"]) == before:
+        if time.monotonic() > deadline:
+            raise OrchestratorError("the new node did not come up within 120 s")
+        time.sleep(0.5)
+    console.print(f"added {read_state(state)['nodes'][-1]['name']}")
+
+
+@cluster_app.command("kill-node")
+@_exits
+def cluster_kill_node(
+    name: Annotated[str, typer.Argument(help="Node name as `cluster up` recorded it, e.g. "
+                                        "worker-1 (or head).")],
+    state: ClusterState = _CLUSTER_STATE,
+) -> None:
+    """SIGKILL every process of one node at once (rehearse losing a machine)."""
+    import os
+    import signal as sig
+
+    from orchestrator.launch.local_cluster import node_processes, read_state
+
+    nodes = {n["name"]: n for n in read_state(state)["nodes"]}
+    if name not in nodes:
+        raise InputError(f"{name}: no such node (nodes: {', '.join(nodes)})")
+    pids = node_processes(nodes[name]["pids"])
+    for pid in pids:
+        os.kill(pid, sig.SIGKILL)
+    console.print(f"killed {name}: {len(pids)} processes")
+
+
 def main() -> None:
     """Console-script entry point. SIGTERM unwinds like Ctrl-C, so the driver marks its MLflow
     run KILLED instead of dying with the run left RUNNING."""

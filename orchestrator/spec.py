@@ -266,6 +266,10 @@ class RunSpec(_Strict):
     collective_timeout_s: PositiveInt = Field(
         1800, description="Process-group timeout: a hung collective fails the attempt."
     )
+    elastic_resize_check_s: float = Field(
+        60, gt=0, description="With resources.workers [min, max]: how often Ray looks for room to "
+        "grow a running group; growing restarts it from the last checkpoint."
+    )
 
     @model_validator(mode="after")
     def _env_once(self) -> RunSpec:

@@ -101,9 +101,10 @@ def _trainer(job: WorkerJob, queue: Any) -> Any:
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={**job.to_config(), "progress_queue": queue},
-        scaling_config=ScalingConfig(num_workers=res.workers,  # type: ignore[arg-type]
-                                     use_gpu=res.gpus_per_worker > 0,
-                                     resources_per_worker=resources),
+        scaling_config=ScalingConfig(  # type: ignore[call-arg]  # Train V2's, Ray 2.60
+            num_workers=res.workers,  # type: ignore[arg-type]
+            use_gpu=res.gpus_per_worker > 0, resources_per_worker=resources,
+            elastic_resize_monitor_interval_s=job.spec.run.elastic_resize_check_s),
         run_config=RunConfig(name=ray_run_name(job), storage_path=job.spec.run.storage_path,
                              failure_config=FailureConfig(max_failures=job.spec.run.max_failures)),
         torch_config=TorchConfig(backend=job.plan.backend,
@@ -111,17 +112,65 @@ def _trainer(job: WorkerJob, queue: Any) -> Any:
     )
 
 
+# Runs this driver is training now (a cluster sweep trains several at once): run id -> URI.
+_ACTIVE_RUNS: dict[str, str] = {}
+
+
+def _watch_head(grace_s: float = 20) -> None:
+    """A driver joined to a cluster whose head dies is ended by Ray without unwinding (no
+    ``finally`` runs), which would leave its MLflow runs RUNNING. This thread (one per
+    process) sees the head's GCS port stop answering first, marks the runs in training FAILED
+    and exits 1, so ``submit --resume`` can continue them on a new cluster."""
+    import socket
+    import sys
+    import threading
+    import time
+
+    import ray
+
+    if any(t.name == "head-watch" for t in threading.enumerate()):
+        return
+    host, _, port = str(ray.get_runtime_context().gcs_address).rpartition(":")
+
+    def watch() -> None:
+        lost = None
+        while True:
+            time.sleep(2)
+            try:
+                socket.create_connection((host, int(port)), timeout=2).close()
+                lost = None
+                continue
+            except OSError:
+                lost = lost or time.monotonic()
+            if time.monotonic() - lost > grace_s:
+                from mlflow.tracking import MlflowClient
+
+                for run_id, uri in list(_ACTIVE_RUNS.items()):
+                    MlflowClient(tracking_uri=uri).set_terminated(run_id, "FAILED")
+                    print(f"error: the Ray head at {host}:{port} is gone: run {run_id} "
+                          f"FAILED; continue it with submit --resume {run_id}",
+                          file=sys.stderr, flush=True)
+                os._exit(1)
+
+    threading.Thread(target=watch, name="head-watch", daemon=True).start()
+
+
 def fit(job: WorkerJob, *, console: Console, label: str = "") -> None:
     """Train one job on the Ray this process is connected to, following its progress."""
     from ray.util.queue import Queue
 
+    if os.environ.get("RAY_ADDRESS"):
+        _watch_head()
     queue = Queue(maxsize=1000)
     trainer = _trainer(job, queue)
+    _ACTIVE_RUNS[job.run_id] = job.tracking_uri
     with ProgressFollower(queue, console, job.plan.max_iter, label=label):
         try:
             trainer.fit()
         except Exception as exc:
             raise JobFailedError(f"training failed: {exc}") from exc
+        finally:
+            _ACTIVE_RUNS.pop(job.run_id, None)
 
 
 @contextmanager

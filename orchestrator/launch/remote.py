@@ -12,6 +12,7 @@ import shlex
 import shutil
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -91,18 +92,30 @@ def for_cluster(spec: JobSpec) -> tuple[JobSpec, dict[str, str]]:
     return spec.model_copy(update={"run": run, "tracking": tracking}), env
 
 
-def _submit_with_retry(client: Any, address: str, *, wait_s: float = 60,
+# Refusals worth another try: the job agent not up yet (the first minute after ``ray up``),
+# or the dashboard timing out on a busy head (the job may have been created all the same).
+_RETRYABLE = ("No available agent", "status code 504", "status code 503")
+
+
+def _submit_with_retry(client: Any, address: str, *, wait_s: float = 120,
                        **job: Any) -> str:
-    """Submit, waiting out a head that is up but whose job agent is not ready yet (the
-    first minute after ``ray up``); other refusals fail at once."""
+    """Submit under a fixed submission id, retrying the refusals a slow head gives; a retry
+    finds a job that a timed-out request created after all instead of starting a second
+    one. Other refusals fail at once."""
+    name = job.get("metadata", {}).get("orchestrator_job", "job")
+    submission_id = f"{name}-{uuid.uuid4().hex[:10]}"
     deadline = time.monotonic() + wait_s
     while True:
         try:
-            return str(client.submit_job(**job))
+            return str(client.submit_job(submission_id=submission_id, **job))
         except Exception as exc:
-            if "No available agent" not in str(exc) or time.monotonic() > deadline:
+            if not any(s in str(exc) for s in _RETRYABLE) or time.monotonic() > deadline:
                 raise JobFailedError(f"the cluster at {address} refused the job: {exc}") from exc
-            time.sleep(2)
+            try:
+                client.get_job_info(submission_id)
+                return submission_id
+            except Exception:  # noqa: BLE001 - it was not created: try again
+                time.sleep(2)
 
 
 async def _tail(client: Any, job_id: str, console: Console) -> None:

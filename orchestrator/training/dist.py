@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Iterator
+from collections.abc import Hashable, Iterator
 from typing import Any
 
 import torch
@@ -21,29 +21,33 @@ from detectron2.utils import comm
 __all__ = ["local_ranks_by_node", "setup_local_process_group", "ddp_for_device"]
 
 
-def local_ranks_by_node(pairs: list[tuple[int, int]]) -> dict[int, list[int]]:
-    """Group ``(node_rank, world_rank)`` pairs into sorted rank lists per node.
+def local_ranks_by_node(pairs: list[tuple[Hashable, int]]) -> dict[Hashable, list[int]]:
+    """Group ``(node, world_rank)`` pairs into sorted rank lists per node.
 
     Ray usually gives a node a contiguous block of ranks, but does not promise it, so the
     groups are built from the actual map.
     """
-    nodes: dict[int, list[int]] = {}
+    nodes: dict[Hashable, list[int]] = {}
     for node, rank in pairs:
         nodes.setdefault(node, []).append(rank)
-    return {node: sorted(ranks) for node, ranks in sorted(nodes.items())}
+    return {node: sorted(ranks) for node, ranks in sorted(nodes.items(), key=lambda kv: str(kv[0]))}
 
 
-def setup_local_process_group(node_rank: int) -> list[int]:
+def setup_local_process_group(node: Hashable) -> list[int]:
     """Create one group per node (same order on every rank, as ``new_group`` requires) and
-    install this node's as detectron2's local group. Returns this node's ranks."""
+    install this node's as detectron2's local group. Returns this node's ranks.
+
+    ``node`` should be the Ray node id: Ray Train's own node rank and local rank group workers
+    by IP address, which puts several nodes behind one address (containers, or a local test
+    cluster on 127.0.0.1) into one "machine"."""
     if not dist.is_initialized():
         return [0]
     gathered: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, (node_rank, dist.get_rank()))
+    dist.all_gather_object(gathered, (node, dist.get_rank()))
     mine: list[int] = []
-    for node, ranks in local_ranks_by_node([tuple(p) for p in gathered]).items():
+    for key, ranks in local_ranks_by_node([tuple(p) for p in gathered]).items():
         group = dist.new_group(ranks)
-        if node == node_rank:
+        if key == node:
             mine = ranks
             comm._LOCAL_PROCESS_GROUP = group
     return mine

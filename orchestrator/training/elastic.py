@@ -62,5 +62,7 @@ def log_plan(job: WorkerJob, step: int) -> None:
     plan, now = job.plan, int(time.time() * 1000)
     values = {"workers": plan.workers, "total_batch": plan.total_batch,
               "base_lr": plan.base_lr, "max_iter": plan.max_iter}
+    logger.info("plan from iteration %d: %s", step,
+                ", ".join(f"{k} {v:g}" for k, v in values.items()))
     metrics = [Metric(f"plan/{k}", float(v), now, step) for k, v in values.items()]
     MlflowClient(tracking_uri=job.tracking_uri).log_batch(job.run_id, metrics=metrics)

@@ -77,7 +77,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train entry point: ``config`` is ``WorkerJob.to_config()`` plus a progress queue."""
     context = ray.train.get_context()
     job = plan_for_world(WorkerJob.from_config(config), context.get_world_size())
-    setup_local_process_group(context.get_node_rank())
+    setup_local_process_group(ray.get_runtime_context().get_node_id())
     register_datasets(job.data)
     cfg = build_cfg(job, _device())
     _prepare_output(cfg)
@@ -108,7 +108,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
 
 def _log_start(job: WorkerJob, cfg: CfgNode) -> None:
-    logger.info("rank %d/%d (pid %d) starts training: %d iterations", comm.get_rank(),
-                comm.get_world_size(), os.getpid(), cfg.SOLVER.MAX_ITER)
+    logger.info("rank %d/%d (pid %d) starts training: %d iterations; node %s, local rank "
+                "%d/%d", comm.get_rank(), comm.get_world_size(), os.getpid(),
+                cfg.SOLVER.MAX_ITER, ray.get_runtime_context().get_node_id(),
+                comm.get_local_rank(), comm.get_local_size())
     for key in sorted([*job.spec.run.env, *job.spec.run.env_from]):  # never the values
         logger.info("run.env %s %s", key, "is set" if key in os.environ else "is NOT set")

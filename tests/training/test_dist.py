@@ -19,6 +19,8 @@ from orchestrator.training.dist import (
 def test_local_ranks_follow_the_real_node_map_not_contiguity() -> None:
     pairs = [(1, 0), (0, 1), (1, 2), (0, 3)]
     assert local_ranks_by_node(pairs) == {0: [1, 3], 1: [0, 2]}
+    by_id = [("node-b", 0), ("node-a", 1), ("node-b", 2)]  # Ray node ids, not ranks
+    assert list(local_ranks_by_node(by_id).items()) == [("node-a", [1]), ("node-b", [0, 2])]
 
 
 def test_ddp_patch_is_scoped_to_the_block() -> None:
@@ -52,7 +54,7 @@ def single_process_group(tmp_path: Path):  # type: ignore[no-untyped-def]
 
 
 def test_local_group_satisfies_detectron2(single_process_group: None) -> None:
-    assert setup_local_process_group(node_rank=0) == [0]
+    assert setup_local_process_group("node-a") == [0]
     assert comm.get_local_rank() == 0
     assert comm.get_local_size() == 1
     with ddp_for_device():  # world size 1: detectron2 returns the model itself
