@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -139,6 +140,11 @@ class RayCheckpointHook(HookBase):
         done = self.trainer.iter + 1
         if done % self._period == 0 or done >= self.trainer.max_iter:
             self._report(self.trainer.iter, final=done >= self.trainer.max_iter)
+
+    def after_train(self) -> None:
+        if self._output is not None and comm.is_main_process():
+            with contextlib.suppress(OSError):  # still uploading: Ray empties it soon
+                (self._output / STAGING_DIR).rmdir()
 
     def _report(self, iteration: int, *, final: bool) -> None:
         import ray.train
