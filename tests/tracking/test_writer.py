@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -23,9 +22,14 @@ def test_calls_run_in_the_order_they_were_queued() -> None:
 
 def test_the_queue_is_bounded_and_put_waits_for_room() -> None:
     sender = BackgroundSender(maxsize=3)
-    release = threading.Event()
-    sender.put(release.wait)  # the sender thread is now busy with this call
-    time.sleep(0.2)
+    started, release = threading.Event(), threading.Event()
+
+    def busy() -> None:
+        started.set()
+        release.wait()
+
+    sender.put(busy)
+    assert started.wait(timeout=30)  # the sender thread is now busy with this call
     for _ in range(3):
         sender.put(lambda: None)
     assert sender.pending() == 3
