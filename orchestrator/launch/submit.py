@@ -7,6 +7,7 @@ every outcome (FINISHED, FAILED, or KILLED on Ctrl-C), so no run is ever left RU
 from __future__ import annotations
 
 import os
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -165,25 +166,38 @@ def submit(prepared: Prepared, *, console: Console, verbose: bool = False,
            resume: str | None = None, parent_run_id: str | None = None,
            label: str = "") -> SubmitOutcome:
     """Create (or, with ``resume``, reopen) the MLflow run, train on Ray, and close the run in
-    every outcome."""
-    from orchestrator.launch.embedded import check_local_resources, run_on_ray
+    every outcome. The run is opened on a thread while Ray starts: a fresh sqlite store spends
+    seconds creating its schema, and that now overlaps Ray's start instead of preceding it."""
+    from orchestrator.launch.embedded import check_local_resources, fit, ray_session
 
     check_local_resources(prepared.spec)
-    tracker = (_resume_run(prepared, resume) if resume
-               else _start_run(prepared, parent_run_id))
-    job = _worker_job(prepared, tracker)
-    console.print(f"MLflow run {tracker.run_id} in {tracker.tracking_uri}")
-    try:
-        tracker.set_tags({"ray_run_name": job.output_dir.rsplit("/", 1)[-1]})
-        run_on_ray(job, console=console, verbose=verbose, label=label)
-    except (KeyboardInterrupt, SystemExit):
-        tracker.finish("KILLED")
-        raise
-    except BaseException as exc:
-        tracker.finish("FAILED")
-        if isinstance(exc, InputError | JobFailedError):
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-run") as pool:
+        opening = (pool.submit(_resume_run, prepared, resume) if resume
+                   else pool.submit(_start_run, prepared, parent_run_id))
+        try:
+            with ray_session(prepared.spec, verbose=verbose):
+                tracker = opening.result()
+                job = _worker_job(prepared, tracker)
+                console.print(f"MLflow run {tracker.run_id} in {tracker.tracking_uri}")
+                tracker.set_tags({"ray_run_name": job.output_dir.rsplit("/", 1)[-1]})
+                fit(job, console=console, label=label)
+        except (KeyboardInterrupt, SystemExit):
+            _finish_opened(opening, "KILLED")
             raise
-        raise JobFailedError(f"job failed: {exc}") from exc
+        except BaseException as exc:
+            _finish_opened(opening, "FAILED")
+            if isinstance(exc, InputError | JobFailedError):
+                raise
+            raise JobFailedError(f"job failed: {exc}") from exc
     tracker.finish("FINISHED")
     return SubmitOutcome(plan=prepared.plan, run_id=tracker.run_id, status="FINISHED",
                          metrics=tracker.metrics())
+
+
+def _finish_opened(opening: Future[RunTracker], status: str) -> None:
+    """Close the run if it was opened (its opening may itself be what failed)."""
+    try:
+        tracker = opening.result()
+    except BaseException:  # noqa: BLE001 - the opening's own error is already on its way
+        return
+    tracker.finish(status)

@@ -101,8 +101,9 @@ def _train(job: WorkerJob, cfg: CfgNode, queue: Any, sender: BackgroundSender) -
         logger.info("checkpoint is at the last iteration: nothing left to train")
         return
     _log_start(job, cfg)
-    if main:
-        log_plan(job, trainer.start_iter)
+    if main:  # on the sender thread: opening MLflow must not delay the first iteration
+        start_iter = trainer.start_iter
+        sender.put(lambda: log_plan(job, start_iter))
     _profiled(trainer.train)
 
 
