@@ -71,11 +71,19 @@ def _init_ray(spec: JobSpec, verbose: bool) -> None:
     res = spec.resources
     num_cpus = math.ceil(spec.run.num_cpus or 0) or max(
         os.cpu_count() or 1, math.ceil(res.max_workers * res.cpus_per_worker))
-    try:
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
-                 runtime_env={"env_vars": dict(spec.run.env)}, **common)
-    except Exception as exc:
-        raise JobFailedError(f"could not start the embedded Ray: {exc}") from exc
+    for attempt in (1, 2):
+        try:
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
+                     runtime_env={"env_vars": dict(spec.run.env)}, **common)
+            return
+        except Exception as exc:
+            # Ray gives its raylet a fixed 30 s to register: an overloaded machine can miss
+            # that once; anything else (or a second miss) is the user's to see.
+            if attempt == 1 and "timed out during startup" in str(exc):
+                logger.warning("the embedded Ray did not start in time; trying once more")
+                ray.shutdown()
+                continue
+            raise JobFailedError(f"could not start the embedded Ray: {exc}") from exc
 
 
 def train_loop(config: dict[str, Any]) -> None:

@@ -172,8 +172,11 @@ def submit(prepared: Prepared, *, console: Console, verbose: bool = False,
 
     check_local_resources(prepared.spec)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-run") as pool:
-        opening = (pool.submit(_resume_run, prepared, resume) if resume
-                   else pool.submit(_start_run, prepared, parent_run_id))
+        if resume:  # an existing store, and a wrong run id must stop us before Ray starts
+            opening: Future[RunTracker] = Future()
+            opening.set_result(_resume_run(prepared, resume))
+        else:
+            opening = pool.submit(_start_run, prepared, parent_run_id)
         try:
             with ray_session(prepared.spec, verbose=verbose):
                 tracker = opening.result()
@@ -185,7 +188,9 @@ def submit(prepared: Prepared, *, console: Console, verbose: bool = False,
             _finish_opened(opening, "KILLED")
             raise
         except BaseException as exc:
-            _finish_opened(opening, "FAILED")
+            opening_error = _finish_opened(opening, "FAILED")
+            if opening_error is not None and opening_error is not exc:
+                raise opening_error from None  # the MLflow error, not Ray's that followed it
             if isinstance(exc, InputError | JobFailedError):
                 raise
             raise JobFailedError(f"job failed: {exc}") from exc
@@ -194,10 +199,11 @@ def submit(prepared: Prepared, *, console: Console, verbose: bool = False,
                          metrics=tracker.metrics())
 
 
-def _finish_opened(opening: Future[RunTracker], status: str) -> None:
-    """Close the run if it was opened (its opening may itself be what failed)."""
+def _finish_opened(opening: Future[RunTracker], status: str) -> BaseException | None:
+    """Close the run if it was opened; else return why it could not be."""
     try:
         tracker = opening.result()
-    except BaseException:  # noqa: BLE001 - the opening's own error is already on its way
-        return
+    except BaseException as exc:  # noqa: BLE001 - returned to the caller, which raises it
+        return exc
     tracker.finish(status)
+    return None
