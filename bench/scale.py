@@ -1,7 +1,7 @@
 """Data at COCO scale: the driver's pre-flight and each worker's dataset load, today vs cached.
 
 Writes a COCO-2017-sized instances file (118,287 images, ~860k polygon instances; every image
-is a hard link to one 640x480 PNG header, enough for the pre-flight's header reads and for the
+is a hard link to a 640x480 PNG header, enough for the pre-flight's header reads and for the
 load path, which never opens images), then measures, each in fresh processes:
 
 1. the driver's pre-flight (``resolve_data`` + ``check_dataset``): seconds and peak RSS;
@@ -13,7 +13,8 @@ load path, which never opens images), then measures, each in fresh processes:
        waits, both map it;
    (c) cached, second submit: both map the existing cache.
    For each: load seconds and added peak RSS per worker (VmHWM after the load minus RSS before
-   it, with the high-water mark reset first).
+   it, with the high-water mark reset first). The mapped cache enters a worker's RSS only as
+   the loader reads it, as shared page-cache pages (at most the cache's size, once per node).
 
 Prints the per-worker RSS ratio (cached/today) and the cache speed-up (parse/second load).
 
@@ -54,12 +55,13 @@ def write_dataset(folder: Path, scale: float, seed: int = 0) -> Path:
     rng = np.random.default_rng(seed)
     images_dir = folder / "images"
     images_dir.mkdir(parents=True, exist_ok=True)
-    template = images_dir / "template.png"
-    template.write_bytes(png_header(640, 480))
     images = []
     for image_id in range(1, num_images + 1):
         name = f"{image_id:012d}.png"
         link = images_dir / name
+        template = images_dir / f"template{image_id // 50_000}.png"  # ext4: 65,000 links
+        if not template.exists():
+            template.write_bytes(png_header(640, 480))
         if not link.exists():
             os.link(template, link)
         images.append({"id": image_id, "file_name": name, "width": 640, "height": 480})
