@@ -7,6 +7,7 @@ every outcome (FINISHED, FAILED, or KILLED on Ctrl-C), so no run is ever left RU
 from __future__ import annotations
 
 import os
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -185,30 +186,51 @@ def submit(prepared: Prepared, *, console: Console, verbose: bool = False,
            resume: str | None = None, parent_run_id: str | None = None,
            label: str = "") -> SubmitOutcome:
     """Create (or, with ``resume``, reopen) the MLflow run, train on Ray, and close the run in
-    every outcome."""
-    from orchestrator.launch.embedded import run_on_ray
+    every outcome. The run is opened on a thread while Ray starts: a fresh sqlite store spends
+    seconds creating its schema, and that now overlaps Ray's start instead of preceding it."""
+    from orchestrator.launch.embedded import fit, ray_session
     from orchestrator.launch.preflight import run_checks
 
     if not prepared.preflight:  # before the MLflow run exists and before Ray starts
         run_checks(prepared, "plan", console=console)
         run_checks(prepared, "launch", console=console)
-    tracker = (_resume_run(prepared, resume) if resume
-               else _start_run(prepared, parent_run_id))
-    try:
-        job = _worker_job(prepared, tracker)
-        console.print(f"MLflow run {tracker.run_id} in {redact_urls(tracker.tracking_uri)}")
-        tracker.set_tags({"ray_run_name": job.output_dir.rsplit("/", 1)[-1]})
-        with restored_handlers():  # Ray's signal handlers end with its session
-            run_on_ray(job, console=console, verbose=verbose, label=label)
-    except INTERRUPTS:  # Ctrl-C or SIGTERM, whichever handler caught it (launch.signals)
-        with shielded():
-            tracker.finish("KILLED")
-        raise RunInterrupted(tracker.run_id) from None
-    except BaseException as exc:
-        tracker.finish("FAILED")
-        if isinstance(exc, InputError | JobFailedError):
-            raise
-        raise JobFailedError(f"job failed: {exc}") from exc
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-run") as pool:
+        if resume:  # an existing store, and a wrong run id must stop us before Ray starts
+            opening: Future[RunTracker] = Future()
+            opening.set_result(_resume_run(prepared, resume))
+        else:
+            opening = pool.submit(_start_run, prepared, parent_run_id)
+        try:
+            with restored_handlers(), ray_session(prepared.spec, verbose=verbose):
+                tracker = opening.result()
+                job = _worker_job(prepared, tracker)
+                console.print(f"MLflow run {tracker.run_id} in "
+                              f"{redact_urls(tracker.tracking_uri)}")
+                tracker.set_tags({"ray_run_name": job.output_dir.rsplit("/", 1)[-1]})
+                fit(job, console=console, label=label)
+        except INTERRUPTS:  # Ctrl-C or SIGTERM, whichever handler caught it (launch.signals)
+            with shielded():
+                opening_error = _finish_opened(opening, "KILLED")
+            if opening_error is not None:  # no run was opened: nothing to resume
+                raise KeyboardInterrupt from None
+            raise RunInterrupted(opening.result().run_id) from None
+        except BaseException as exc:
+            opening_error = _finish_opened(opening, "FAILED")
+            if opening_error is not None and opening_error is not exc:
+                raise opening_error from None  # the MLflow error, not Ray's that followed it
+            if isinstance(exc, InputError | JobFailedError):
+                raise
+            raise JobFailedError(f"job failed: {exc}") from exc
     tracker.finish("FINISHED")
     return SubmitOutcome(plan=prepared.plan, run_id=tracker.run_id, status="FINISHED",
                          metrics=tracker.metrics())
+
+
+def _finish_opened(opening: Future[RunTracker], status: str) -> BaseException | None:
+    """Close the run if it was opened; else return why it could not be."""
+    try:
+        tracker = opening.result()
+    except BaseException as exc:  # noqa: BLE001 - returned to the caller, which raises it
+        return exc
+    tracker.finish(status)
+    return None

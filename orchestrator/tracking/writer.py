@@ -1,69 +1,193 @@
-"""Rank 0's detectron2 ``EventWriter`` that sends every scalar to the driver's MLflow run.
+"""Rank 0's detectron2 ``EventWriter``s that send scalars to the driver's MLflow run.
 
-It writes what detectron2's ``JSONWriter`` writes to ``metrics.json`` (same names, same
-smoothing, the iteration as step), batched, so MLflow and ``metrics.json`` agree.
+``MLflowWriter`` writes what detectron2's ``JSONWriter`` writes to ``metrics.json`` (same names,
+same smoothing, the iteration as step), so MLflow and ``metrics.json`` agree.
+
+Only the snapshot of the event storage happens on the training thread; every MLflow call (and
+the system sampling) runs on one ``BackgroundSender`` thread, so a slow tracking store costs
+training nothing. Its queue is bounded (a stuck store slows training rather than filling
+memory), it keeps the order things were queued in, and ``close()``/``flush()`` wait until all
+of it is sent: detectron2's ``PeriodicWriter`` closes its writers in ``after_train``, which runs
+on success and on failure alike.
 """
 
 from __future__ import annotations
 
+import logging
+import queue
+import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from detectron2.utils.events import EventWriter, get_event_storage
 
-__all__ = ["MLflowWriter", "SystemMetricsWriter"]
+__all__ = ["BackgroundSender", "MLflowWriter", "SystemMetricsWriter"]
+
+logger = logging.getLogger(__name__)
 
 _BATCH = 1000  # MLflow's log_batch limit for metrics
+_STOP = object()
 
 
-class MLflowWriter(EventWriter):
-    """Log new scalars (those with an iteration past the last one logged) to one run."""
+class BackgroundSender:
+    """Run queued calls one after another on a daemon thread, in the order they were queued.
 
-    def __init__(self, *, tracking_uri: str, run_id: str, window_size: int = 20) -> None:
-        from mlflow.tracking import MlflowClient
+    ``put`` blocks while ``maxsize`` calls are waiting (bounded memory, nothing dropped). A call
+    that raises is retried ``retries`` times, then logged and skipped: losing one batch of
+    metrics to a tracking-server outage must not stop training.
+    """
 
-        self._client = MlflowClient(tracking_uri=tracking_uri)
+    def __init__(self, *, maxsize: int = 1000, retries: int = 2, retry_wait_s: float = 0.5,
+                 name: str = "tracking-sender") -> None:
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=maxsize)
+        self._retries = retries
+        self._retry_wait = retry_wait_s
+        self._closed = False
+        self.failures = 0
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    @property
+    def maxsize(self) -> int:
+        return self._queue.maxsize
+
+    def pending(self) -> int:
+        return self._queue.qsize()
+
+    def put(self, call: Callable[[], Any]) -> None:
+        if self._closed:
+            raise RuntimeError("BackgroundSender is closed")
+        self._queue.put(call)
+
+    def flush(self) -> None:
+        """Wait until everything queued so far has been sent (or given up on)."""
+        if self._thread.is_alive():
+            self._queue.join()
+
+    def close(self) -> None:
+        """Flush, then stop the thread. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put(_STOP)
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            call = self._queue.get()
+            try:
+                if call is _STOP:
+                    return
+                self._call(call)
+            finally:
+                self._queue.task_done()
+
+    def _call(self, call: Callable[[], Any]) -> None:
+        for attempt in range(self._retries + 1):
+            try:
+                call()
+                return
+            except Exception:  # noqa: BLE001 - a tracking failure must not reach training
+                if attempt == self._retries:
+                    self.failures += 1
+                    logger.exception("tracking call failed %d times; skipped", attempt + 1)
+                    return
+                time.sleep(self._retry_wait * (attempt + 1))
+
+
+class _SenderWriter(EventWriter):
+    """An EventWriter whose MLflow work runs on a (possibly shared) ``BackgroundSender``."""
+
+    def __init__(self, sender: BackgroundSender | None) -> None:
+        self._owns_sender = sender is None
+        self._sender = sender or BackgroundSender()
+
+    def close(self) -> None:
+        if self._owns_sender:
+            self._sender.close()
+        else:
+            self._sender.flush()
+
+
+class _Client:
+    """An ``MlflowClient`` made on first use, on the sender thread: opening a sqlite store
+    (schema check, migrations on a fresh one) then costs training nothing."""
+
+    def __init__(self, tracking_uri: str) -> None:
+        self._uri = tracking_uri
+        self._client: Any = None
+
+    def get(self) -> Any:
+        if self._client is None:
+            from mlflow.tracking import MlflowClient
+
+            self._client = MlflowClient(tracking_uri=self._uri)
+        return self._client
+
+
+class MLflowWriter(_SenderWriter):
+    """Log new scalars (those with an iteration past the last one logged) to one run.
+
+    Args:
+        sender: share one sender thread between writers; by default the writer has its own
+            and stops it on ``close()``.
+    """
+
+    def __init__(self, *, tracking_uri: str, run_id: str, window_size: int = 20,
+                 sender: BackgroundSender | None = None) -> None:
+        super().__init__(sender)
+        self._client = _Client(tracking_uri)
         self._run_id = run_id
         self._window = window_size
-        self._last_step = self._logged_steps()
+        self._last_step: dict[str, int] | None = None
+        # What training already produced in this run's history (a restart replays steps).
+        self._sender.put(self._load_logged_steps)
 
-    def _logged_steps(self) -> dict[str, int]:
+    def _load_logged_steps(self) -> None:
         """Last step of every metric the run already has: after a restart from a checkpoint,
         replayed iterations are not logged twice (MLflow would keep both rows)."""
-        keys = self._client.get_run(self._run_id).data.metrics
-        return {key: max(m.step for m in self._client.get_metric_history(self._run_id, key))
-                for key in keys}
+        client = self._client.get()
+        keys = client.get_run(self._run_id).data.metrics
+        self._last_step = {
+            key: max(m.step for m in client.get_metric_history(self._run_id, key))
+            for key in keys}
 
-    def _pending(self) -> list[Any]:
-        from mlflow.entities import Metric
-
+    def _snapshot(self) -> list[tuple[str, float, int]]:
         storage = get_event_storage()
-        now = int(time.time() * 1000)
-        pending = []
-        for name, (value, step) in storage.latest_with_smoothing_hint(self._window).items():
-            if step <= self._last_step.get(name, -1):
-                continue
-            pending.append(Metric(key=name, value=float(value), timestamp=now, step=int(step)))
-        return pending
+        return [(name, float(value), int(step)) for name, (value, step)
+                in storage.latest_with_smoothing_hint(self._window).items()]
 
     def write(self) -> None:
-        pending = self._pending()
+        scalars, now = self._snapshot(), int(time.time() * 1000)
+        self._sender.put(lambda: self._send(scalars, now))
+
+    def _send(self, scalars: list[tuple[str, float, int]], timestamp: int) -> None:
+        from mlflow.entities import Metric
+
+        if self._last_step is None:  # the history could not be read: do not duplicate
+            self._load_logged_steps()
+        assert self._last_step is not None
+        pending = [Metric(key=name, value=value, timestamp=timestamp, step=step)
+                   for name, value, step in scalars if step > self._last_step.get(name, -1)]
         for start in range(0, len(pending), _BATCH):
-            self._client.log_batch(self._run_id, metrics=pending[start:start + _BATCH])
+            self._client.get().log_batch(self._run_id, metrics=pending[start:start + _BATCH])
         for metric in pending:
             self._last_step[metric.key] = metric.step
 
 
-class SystemMetricsWriter(EventWriter):
+class SystemMetricsWriter(_SenderWriter):
     """Rank 0's machine load, logged beside the losses so runs can be compared on cost too:
     ``system/cpu_percent``, ``system/memory_gb`` (this process tree's RSS), and with CUDA
-    ``system/gpu_memory_gb`` / ``system/gpu_max_memory_gb`` (PyTorch's allocator)."""
+    ``system/gpu_memory_gb`` / ``system/gpu_max_memory_gb`` (PyTorch's allocator).
+    Sampled on the sender thread, at the time the iteration was written."""
 
-    def __init__(self, *, tracking_uri: str, run_id: str) -> None:
+    def __init__(self, *, tracking_uri: str, run_id: str,
+                 sender: BackgroundSender | None = None) -> None:
         import psutil
-        from mlflow.tracking import MlflowClient
 
-        self._client = MlflowClient(tracking_uri=tracking_uri)
+        super().__init__(sender)
+        self._client = _Client(tracking_uri)
         self._run_id = run_id
         self._process = psutil.Process()
         self._process.cpu_percent()  # the first call only starts the measurement
@@ -85,10 +209,12 @@ class SystemMetricsWriter(EventWriter):
         return values
 
     def write(self) -> None:
+        step, now = get_event_storage().iter, int(time.time() * 1000)
+        self._sender.put(lambda: self._send(step, now))
+
+    def _send(self, step: int, timestamp: int) -> None:
         from mlflow.entities import Metric
 
-        step = get_event_storage().iter
-        now = int(time.time() * 1000)
-        metrics = [Metric(key=k, value=float(v), timestamp=now, step=step)
+        metrics = [Metric(key=k, value=float(v), timestamp=timestamp, step=step)
                    for k, v in self.sample().items()]
-        self._client.log_batch(self._run_id, metrics=metrics)
+        self._client.get().log_batch(self._run_id, metrics=metrics)

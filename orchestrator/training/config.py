@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
 from detectron2.config import CfgNode, get_cfg
 
 from orchestrator.evaluation.postprocess import DEFAULT_CHUNK_BYTES
 from orchestrator.job import WorkerJob
 from orchestrator.models.arch import get_arch
 
-__all__ = ["build_cfg", "apply_plan", "set_dotted"]
+__all__ = ["build_cfg", "apply_plan", "loader_workers", "set_dotted"]
 
 
 def set_dotted(cfg: CfgNode, dotted: str, value: object) -> None:
@@ -56,6 +58,15 @@ def _apply_data(cfg: CfgNode, job: WorkerJob) -> None:
         set_dotted(cfg, key, job.spec.eval.max_dets)
 
 
+def loader_workers(job: WorkerJob) -> int | None:
+    """Data loader processes per worker: the CPUs Ray reserves for the worker, less one for
+    the training process itself (0 loads in the training process). None when the spec's
+    ``model.opts`` set ``DATALOADER.NUM_WORKERS`` itself."""
+    if "DATALOADER.NUM_WORKERS" in list(job.spec.model.opts)[::2]:
+        return None
+    return max(0, math.floor(job.spec.resources.cpus_per_worker) - 1)
+
+
 def build_cfg(job: WorkerJob, device: str) -> CfgNode:
     """The frozen cfg a worker trains with, identical on every rank."""
     cfg = get_cfg()
@@ -74,6 +85,9 @@ def build_cfg(job: WorkerJob, device: str) -> CfgNode:
     cfg.ORCHESTRATOR.EVAL_CHUNK_BYTES = job.spec.eval.chunk_bytes
     cfg.ORCHESTRATOR.EVAL_CPU_FALLBACK = job.spec.eval.cpu_fallback
     cfg.ORCHESTRATOR.VISUALIZE = job.spec.eval.visualize
+    workers = loader_workers(job)
+    if workers is not None:
+        cfg.DATALOADER.NUM_WORKERS = workers
     cfg.MODEL.WEIGHTS = job.spec.model.weights
     cfg.MODEL.DEVICE = device
     cfg.OUTPUT_DIR = job.output_dir

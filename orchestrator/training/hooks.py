@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -14,6 +17,7 @@ from detectron2.engine import HookBase
 from detectron2.utils import comm
 from detectron2.utils.events import EventWriter, get_event_storage
 
+from orchestrator.tracking.writer import BackgroundSender
 from orchestrator.training.elastic import adopt_new_schedule, equivalent_iteration
 
 __all__ = [
@@ -28,6 +32,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_FILE = "model.pth"
+STAGING_DIR = "checkpoint-staging"
 
 _SHOWN_LOSSES = ("total_loss", "loss_cls", "loss_box_reg", "loss_mask", "loss_fcos_cls",
                  "loss_fcos_loc", "loss_fcos_ctr", "loss_basis_sem")
@@ -46,18 +51,26 @@ def progress_record(storage: Any, max_iter: int) -> dict[str, Any]:
 
 
 class ProgressWriter(EventWriter):
-    """Rank 0 pushes a small progress record to the driver's queue (never blocks training)."""
+    """Rank 0 pushes a small progress record to the driver's queue. The put (a round trip to
+    the queue actor) runs on ``sender``'s thread, never on the training thread."""
 
-    def __init__(self, queue: Any, max_iter: int) -> None:
+    def __init__(self, queue: Any, max_iter: int, sender: BackgroundSender) -> None:
         self._queue = queue
         self._max_iter = max_iter
+        self._sender = sender
 
     def write(self) -> None:
         record = progress_record(get_event_storage(), self._max_iter)
+        self._sender.put(lambda: self._push(record))
+
+    def _push(self, record: dict[str, Any]) -> None:
         try:
             self._queue.put_nowait(record)
         except Exception:  # a full or gone queue must not stop training  # noqa: BLE001
             pass
+
+    def close(self) -> None:
+        self._sender.flush()
 
 
 class ArtifactHook(HookBase):
@@ -104,30 +117,67 @@ class ArtifactHook(HookBase):
 class RayCheckpointHook(HookBase):
     """Every checkpoint period and after the last iteration, every rank calls
     ``ray.train.report`` (it is a barrier); rank 0 attaches a checkpoint of the model and the
-    trainer state (iteration, scheduler, optimizer), so Ray can restart the group from it."""
+    trainer state (iteration, scheduler, optimizer), so Ray can restart the group from it.
 
-    def __init__(self, period: int) -> None:
+    This is the only checkpoint writer of a worker (the trainer's own ``PeriodicCheckpointer``
+    is left out): rank 0 saves once into a staging folder beside the output, and Ray copies it
+    to ``run.storage_path`` on its upload thread (``CheckpointUploadMode.ASYNC``) and deletes
+    the staged copy, so training waits only for the local save. The last checkpoint is also
+    hard-linked as ``model_final.pth`` in the output folder (no second write).
+    """
+
+    def __init__(self, period: int, *, output_dir: str | None = None) -> None:
         self._period = period
+        self._output = Path(output_dir) if output_dir else None
+        self.blocked_s: list[float] = []  # rank 0: seconds training waited per checkpoint
+
+    def before_train(self) -> None:
+        if self._output is not None and comm.is_main_process():
+            # Left by a killed attempt: their uploads died with it.
+            shutil.rmtree(self._output / STAGING_DIR, ignore_errors=True)
 
     def after_step(self) -> None:
         done = self.trainer.iter + 1
         if done % self._period == 0 or done >= self.trainer.max_iter:
-            self._report(self.trainer.iter)
+            self._report(self.trainer.iter, final=done >= self.trainer.max_iter)
 
-    def _report(self, iteration: int) -> None:
+    def after_train(self) -> None:
+        if self._output is not None and comm.is_main_process():
+            with contextlib.suppress(OSError):  # still uploading: Ray empties it soon
+                (self._output / STAGING_DIR).rmdir()
+
+    def _report(self, iteration: int, *, final: bool) -> None:
         import ray.train
 
         metrics = {"iteration": iteration}
         if not comm.is_main_process():
             ray.train.report(metrics)
             return
-        with tempfile.TemporaryDirectory(prefix="d2ckpt-") as tmp:
-            saver = DetectionCheckpointer(self.trainer.model, tmp, trainer=self.trainer)
-            # The batch it was trained at lets an elastic restart map the iteration.
-            saver.save(CHECKPOINT_FILE.removesuffix(".pth"),
-                       total_batch=self.trainer.cfg.SOLVER.IMS_PER_BATCH)
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
-                             checkpoint_dir_name=f"iter_{iteration:07d}")
+        start = time.perf_counter()
+        staging = (self._output or Path(tempfile.gettempdir())) / STAGING_DIR
+        staging.mkdir(parents=True, exist_ok=True)
+        folder = Path(tempfile.mkdtemp(prefix=f"iter_{iteration:07d}-", dir=staging))
+        saver = DetectionCheckpointer(self.trainer.model, str(folder), trainer=self.trainer)
+        # The batch it was trained at lets an elastic restart map the iteration.
+        saver.save(CHECKPOINT_FILE.removesuffix(".pth"),
+                   total_batch=self.trainer.cfg.SOLVER.IMS_PER_BATCH)
+        if final and self._output is not None:
+            _link_or_copy(folder / CHECKPOINT_FILE, self._output / "model_final.pth")
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(folder)),
+                         checkpoint_dir_name=f"iter_{iteration:07d}",
+                         checkpoint_upload_mode=ray.train.CheckpointUploadMode.ASYNC,
+                         delete_local_checkpoint_after_upload=True)
+        self.blocked_s.append(time.perf_counter() - start)
+        logger.info("checkpoint at iteration %d: training blocked %.2f s (upload continues in "
+                    "the background)", iteration, self.blocked_s[-1])
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    target.unlink(missing_ok=True)
+    try:
+        os.link(source, target)
+    except OSError:  # another filesystem, or links not allowed
+        shutil.copyfile(source, target)
 
 
 def restore_from_ray(trainer: Any) -> bool:

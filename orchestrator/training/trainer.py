@@ -20,6 +20,7 @@ from detectron2.data import build_detection_train_loader
 from detectron2.engine import DefaultTrainer, hooks
 from detectron2.utils.events import CommonMetricPrinter, EventWriter, JSONWriter
 
+from orchestrator.data.cache import cached_train_dataset
 from orchestrator.evaluation import DEFAULT_CHUNK_BYTES, ChunkedCOCOEvaluator
 from orchestrator.models.arch import arch_for_cfg
 from orchestrator.training.dist import ddp_for_device
@@ -56,12 +57,16 @@ class Trainer(DefaultTrainer):
         log_period: iterations between writer calls.
         on_eval_error: called when an evaluation raises, after it is logged (e.g.
             ``mlflow_eval_error_recorder``); training continues either way.
+        periodic_checkpoints: keep detectron2's ``PeriodicCheckpointer``; a Ray worker turns
+            it off because its ``RayCheckpointHook`` already saves every period.
     """
 
     def __init__(self, cfg: CfgNode, *, extra_writers: Sequence[EventWriter] = (),
-                 log_period: int = 20, on_eval_error: EvalErrorCallback | None = None) -> None:
+                 log_period: int = 20, on_eval_error: EvalErrorCallback | None = None,
+                 periodic_checkpoints: bool = True) -> None:
         self._extra_writers = list(extra_writers)
         self._log_period = log_period
+        self._periodic_checkpoints = periodic_checkpoints
         self._on_eval_error = on_eval_error
         with ddp_for_device():
             super().__init__(cfg)
@@ -91,10 +96,14 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg: CfgNode) -> Any:
+        """detectron2's loader, with the arch's mapper and the dataset from the node's cache
+        (parsed once per node, shared by its workers; ``orchestrator.data.cache``)."""
         arch = arch_for_cfg(cfg)
-        if arch is None or arch.train_mapper is None:
+        mapper = arch.train_mapper(cfg) if arch and arch.train_mapper else None
+        dataset = cached_train_dataset(cfg)
+        if mapper is None and dataset is None:
             return super().build_train_loader(cfg)
-        return build_detection_train_loader(cfg, mapper=arch.train_mapper(cfg))
+        return build_detection_train_loader(cfg, mapper=mapper, dataset=dataset)
 
     def build_writers(self) -> list[EventWriter]:
         return [
@@ -104,7 +113,8 @@ class Trainer(DefaultTrainer):
         ]
 
     def build_hooks(self) -> list[hooks.HookBase]:
-        return [self._adapt(h) for h in super().build_hooks()]
+        return [self._adapt(h) for h in super().build_hooks()
+                if self._periodic_checkpoints or not isinstance(h, hooks.PeriodicCheckpointer)]
 
     def _adapt(self, hook: hooks.HookBase) -> hooks.HookBase:
         # detectron2 hard-codes a writer period of 20; re-wrap the writers it built (once).

@@ -17,7 +17,7 @@ from detectron2.utils.logger import setup_logger
 from orchestrator.data.register import register_datasets
 from orchestrator.job import WorkerJob
 from orchestrator.secrets import redact_urls
-from orchestrator.tracking.writer import MLflowWriter, SystemMetricsWriter
+from orchestrator.tracking.writer import BackgroundSender, MLflowWriter, SystemMetricsWriter
 from orchestrator.training.config import build_cfg
 from orchestrator.training.dist import setup_local_process_group
 from orchestrator.training.elastic import log_plan, plan_for_world
@@ -65,11 +65,13 @@ def _prepare_output(cfg: CfgNode) -> None:
                                                        encoding="utf-8")
 
 
-def _writers(job: WorkerJob, queue: Any) -> list[Any]:
-    writers: list[Any] = [MLflowWriter(tracking_uri=job.tracking_uri, run_id=job.run_id),
-                          SystemMetricsWriter(tracking_uri=job.tracking_uri, run_id=job.run_id)]
+def _writers(job: WorkerJob, queue: Any, sender: BackgroundSender) -> list[Any]:
+    """Rank 0's tracking writers, all sending from one background thread (order kept)."""
+    uri, run_id = job.tracking_uri, job.run_id
+    writers: list[Any] = [MLflowWriter(tracking_uri=uri, run_id=run_id, sender=sender),
+                          SystemMetricsWriter(tracking_uri=uri, run_id=run_id, sender=sender)]
     if queue is not None:
-        writers.append(ProgressWriter(queue, job.plan.max_iter))
+        writers.append(ProgressWriter(queue, job.plan.max_iter, sender))
     return writers
 
 
@@ -82,13 +84,23 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     cfg = build_cfg(job, _device())
     _prepare_output(cfg)
     main = comm.is_main_process()
+    sender = BackgroundSender(name="tracking-sender")
+    try:
+        _train(job, cfg, config.get("progress_queue") if main else None, sender)
+    finally:  # writers flush in after_train; this also covers a failure before training
+        sender.close()
+
+
+def _train(job: WorkerJob, cfg: CfgNode, queue: Any, sender: BackgroundSender) -> None:
+    main = comm.is_main_process()
     trainer = Trainer(
         cfg,
-        extra_writers=_writers(job, config.get("progress_queue")) if main else (),
+        extra_writers=_writers(job, queue, sender) if main else (),
         log_period=job.spec.tracking.log_period,
+        periodic_checkpoints=False,  # RayCheckpointHook writes each checkpoint, once
         on_eval_error=mlflow_eval_error_recorder(job.tracking_uri, job.run_id) if main else None,
     )
-    hooks: list[Any] = [RayCheckpointHook(cfg.SOLVER.CHECKPOINT_PERIOD)]
+    hooks: list[Any] = [RayCheckpointHook(cfg.SOLVER.CHECKPOINT_PERIOD, output_dir=cfg.OUTPUT_DIR)]
     if main:
         hooks.append(ArtifactHook(tracking_uri=job.tracking_uri, run_id=job.run_id,
                                   output_dir=cfg.OUTPUT_DIR))
@@ -102,9 +114,29 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         logger.info("checkpoint is at the last iteration: nothing left to train")
         return
     _log_start(job, cfg)
-    if main:
-        log_plan(job, trainer.start_iter)
-    trainer.train()
+    if main:  # on the sender thread: opening MLflow must not delay the first iteration
+        start_iter = trainer.start_iter
+        sender.put(lambda: log_plan(job, start_iter))
+    _profiled(trainer.train)
+
+
+def _profiled(train: Any) -> None:
+    """``ORCHESTRATOR_PROFILE_DIR`` (e.g. through ``run.env``): each rank writes a cProfile of
+    its training thread there, ``train-rank<N>.prof``, to find where an iteration's time goes."""
+    folder = os.environ.get("ORCHESTRATOR_PROFILE_DIR")
+    if not folder:
+        train()
+        return
+    import cProfile
+
+    profile = cProfile.Profile()
+    profile.enable()
+    try:
+        train()
+    finally:
+        profile.disable()
+        os.makedirs(folder, exist_ok=True)
+        profile.dump_stats(os.path.join(folder, f"train-rank{comm.get_rank()}.prof"))
 
 
 def _log_start(job: WorkerJob, cfg: CfgNode) -> None:

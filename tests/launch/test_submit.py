@@ -49,6 +49,15 @@ def test_two_workers_train_and_mlflow_records_everything(workdir: Path) -> None:
     worker_log = next((workdir / ".orchestrator" / "output").glob("*/log.txt.rank1")).read_text()
     assert "run.env ORCHESTRATOR_PROBE is set" in worker_log  # reached every worker
     assert "probe-7f3a" not in worker_log and params["spec.run.env.ORCHESTRATOR_PROBE"] == "****"
+    # One checkpoint write per period: Ray's (uploaded asynchronously, the staged copy gone);
+    # detectron2's own periodic checkpointer writes nothing beside it.
+    output = next((workdir / ".orchestrator" / "output").glob("tiny-*"))
+    assert sorted(p.name for p in output.rglob("model*.pth")) == ["model_final.pth"]
+    stored = list((workdir / ".orchestrator" / "ray").glob("*/iter_0000005/model.pth"))
+    assert len(stored) == 1 and stored[0].stat().st_size == (output / "model_final.pth").stat(
+        ).st_size
+    assert "training blocked" in (output / "log.txt").read_text()
+    assert not list(output.glob("checkpoint-staging/*"))
 
 
 def test_worker_failure_marks_the_run_failed(workdir: Path) -> None:

@@ -54,6 +54,7 @@ def test_writer_logs_scalars_with_iterations_once(workdir: Path) -> None:
         storage.put_scalar("segm/AP", 12.5, smoothing_hint=False)
         writer.write()
         writer.write()  # nothing new: nothing logged twice
+    writer.close()  # MLflow calls run on the writer's thread: wait for them
     client = MlflowClient(tracking_uri=uri)
     steps = [(m.step, m.value) for m in client.get_metric_history(tracker.run_id, "loss_cls")]
     assert steps == [(1, 1.0), (3, 3.0), (4, 4.0)]
@@ -76,6 +77,7 @@ def test_a_restarted_writer_does_not_log_replayed_steps_again(workdir: Path) -> 
                 storage.iter = it
                 storage.put_scalar("total_loss", float(it))
                 writer.write()
+        writer.close()
     client = MlflowClient(tracking_uri=uri)
     steps = [m.step for m in client.get_metric_history(tracker.run_id, "total_loss")]
     assert steps == list(range(8))
@@ -94,6 +96,7 @@ def test_system_metrics_are_logged_at_the_iteration(workdir: Path) -> None:
         storage.iter = 7
         sum(i * i for i in range(200_000))  # some CPU time to measure
         writer.write()
+    writer.close()
     metrics = MlflowClient(tracking_uri=uri).get_run(tracker.run_id).data.metrics
     assert 0.05 < metrics["system/memory_gb"] < 64
     assert metrics["system/cpu_percent"] >= 0

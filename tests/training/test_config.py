@@ -53,3 +53,12 @@ def test_disabled_evaluation_has_no_test_set(workdir: Path) -> None:
     cfg = build_cfg(job_for(workdir, "eval.enabled=false"), "cpu")
     assert cfg.DATASETS.TEST == ()
     assert cfg.TEST.EVAL_PERIOD == 0
+
+
+def test_loader_workers_follow_the_cpus_of_a_worker_unless_set(workdir: Path) -> None:
+    assert build_cfg(job_for(workdir), "cpu").DATALOADER.NUM_WORKERS == 0  # 1 CPU: in-process
+    cfg = build_cfg(job_for(workdir, "resources.cpus_per_worker=4.5"), "cpu")
+    assert cfg.DATALOADER.NUM_WORKERS == 3  # one CPU stays with the training process
+    cfg = build_cfg(job_for(workdir, "resources.cpus_per_worker=4",
+                            "model.opts=[DATALOADER.NUM_WORKERS, 1]"), "cpu")
+    assert cfg.DATALOADER.NUM_WORKERS == 1  # set in the spec: kept

@@ -1,0 +1,128 @@
+"""The per-node dataset cache: detectron2's dicts exactly, parsed once, keyed by content."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from detectron2.data import DatasetCatalog, MetadataCatalog, get_detection_dataset_dicts
+from detectron2.data.datasets import register_coco_instances
+
+from orchestrator.data.cache import CacheSource, cache_key, cached_dataset, cached_train_dataset
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def write_coco(path: Path, num_images: int, seed: int = 0) -> Path:
+    """A COCO instances file (no image files: loading never opens them): polygons, a few
+    crowd-only and empty images that detectron2's filter drops, non-contiguous category ids."""
+    rng = random.Random(seed)
+    images, annotations = [], []
+    for image_id in range(1, num_images + 1):
+        images.append({"id": image_id, "file_name": f"{image_id:06d}.jpg", "width": 640,
+                       "height": 480})
+        kind = image_id % 10
+        for _ in range(0 if kind == 0 else rng.randint(1, 6)):
+            x, y = rng.uniform(0, 500), rng.uniform(0, 350)
+            w, h = rng.uniform(10, 130), rng.uniform(10, 120)
+            annotations.append({
+                "id": len(annotations) + 1, "image_id": image_id,
+                "category_id": rng.choice([1, 3, 7]), "bbox": [x, y, w, h], "area": w * h,
+                "iscrowd": 1 if kind == 1 else 0,
+                "segmentation": [[x, y, x + w, y, x + w, y + h, x, y + h]]})
+    categories = [{"id": i, "name": name} for i, name in ((1, "a"), (3, "b"), (7, "c"))]
+    path.write_text(json.dumps({"images": images, "annotations": annotations,
+                                "categories": categories}), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def coco(tmp_path: Path) -> CacheSource:
+    return CacheSource(json_file=str(write_coco(tmp_path / "train.json", 300)),
+                       image_root=str(tmp_path / "images"))
+
+
+def reference_dicts(source: CacheSource, name: str) -> list[dict]:
+    """What detectron2 itself hands the train loader for this file."""
+    if name not in DatasetCatalog.list():
+        register_coco_instances(name, {}, source.json_file, source.image_root)
+    return get_detection_dataset_dicts([name], filter_empty=True)
+
+
+def test_the_cache_holds_exactly_detectron2s_dicts(coco: CacheSource, tmp_path: Path) -> None:
+    dataset = cached_dataset([coco], root=tmp_path / "cache")
+    expected = reference_dicts(coco, "cache_reference_300")
+    assert 200 < len(dataset) == len(expected) < 300  # empty and crowd-only images dropped
+    assert [dataset[i] for i in range(len(dataset))] == expected
+    assert dataset.meta["thing_classes"] == ["a", "b", "c"]
+    assert dataset.meta["thing_dataset_id_to_contiguous_id"] == {"1": 0, "3": 1, "7": 2}
+
+
+def test_a_second_load_maps_the_stored_files_without_parsing(
+        coco: CacheSource, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    root = tmp_path / "cache"
+    with caplog.at_level("INFO", logger="orchestrator.data.cache"):
+        first = cached_dataset([coco], root=root)
+        built = (first.folder / "data.bin").stat().st_mtime_ns
+        assert "built" in caplog.text
+        caplog.clear()
+        second = cached_dataset([coco], root=root)
+    assert "built" not in caplog.text
+    assert second.folder == first.folder
+    assert (second.folder / "data.bin").stat().st_mtime_ns == built
+    assert second[5] == first[5]
+
+
+def test_the_key_follows_the_content_not_the_path(coco: CacheSource, tmp_path: Path) -> None:
+    copy = tmp_path / "copy.json"
+    copy.write_bytes(Path(coco.json_file).read_bytes())
+    same = CacheSource(json_file=str(copy), image_root=coco.image_root)
+    assert cache_key([same], filter_empty=True) == cache_key([coco], filter_empty=True)
+    assert cache_key([coco], filter_empty=False) != cache_key([coco], filter_empty=True)
+    write_coco(copy, 300, seed=1)
+    assert cache_key([same], filter_empty=True) != cache_key([coco], filter_empty=True)
+
+
+def test_two_processes_on_a_node_parse_once(coco: CacheSource, tmp_path: Path) -> None:
+    """Two workers start together: one parses (in a child process), the other waits for it
+    and maps the result."""
+    script = (
+        "import logging, sys\n"
+        "logging.basicConfig(level=logging.INFO, format='%(message)s')\n"
+        "from pathlib import Path\n"
+        "from orchestrator.data.cache import CacheSource, cached_dataset\n"
+        f"d = cached_dataset([CacheSource({coco.json_file!r}, {coco.image_root!r})],\n"
+        f"                   root=Path({str(tmp_path / 'cache')!r}), child=True)\n"
+        "print('items', len(d))\n")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    procs = [subprocess.Popen([sys.executable, "-c", script], env=env, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+             for _ in range(2)]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outputs
+    assert sum("dataset cache" in out and "built" in out for out in outputs) == 1, outputs
+    assert len({line for out in outputs for line in out.splitlines()
+                if line.startswith("items")}) == 1
+
+
+def test_the_train_set_of_a_cfg_comes_from_the_cache_with_its_metadata(
+        coco: CacheSource, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from detectron2.config import get_cfg
+
+    monkeypatch.setenv("ORCHESTRATOR_DATA_CACHE", str(tmp_path / "cache"))
+    register_coco_instances("cache_cfg_300", {}, coco.json_file, coco.image_root)
+    cfg = get_cfg()
+    cfg.DATASETS.TRAIN = ("cache_cfg_300",)
+    dataset = cached_train_dataset(cfg)
+    assert dataset is not None and dataset.folder.parent == tmp_path / "cache"
+    assert MetadataCatalog.get("cache_cfg_300").thing_classes == ["a", "b", "c"]
+    cfg.DATALOADER.SAMPLER_TRAIN = "RepeatFactorTrainingSampler"  # needs the dicts: no cache
+    assert cached_train_dataset(cfg) is None
+    monkeypatch.setenv("ORCHESTRATOR_DATA_CACHE", "off")
+    cfg.DATALOADER.SAMPLER_TRAIN = "TrainingSampler"
+    assert cached_train_dataset(cfg) is None

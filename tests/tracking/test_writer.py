@@ -1,0 +1,93 @@
+"""The background sender behind rank 0's writers: order kept, bounded, flushed on failure."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from orchestrator.tracking.run import RunTracker
+from orchestrator.tracking.writer import BackgroundSender, MLflowWriter
+
+
+def test_calls_run_in_the_order_they_were_queued() -> None:
+    sender = BackgroundSender(maxsize=8)
+    seen: list[int] = []
+    for i in range(500):  # far more than maxsize: put waits, nothing is dropped
+        sender.put(lambda i=i: seen.append(i))
+    sender.close()
+    assert seen == list(range(500))
+
+
+def test_the_queue_is_bounded_and_put_waits_for_room() -> None:
+    sender = BackgroundSender(maxsize=3)
+    started, release = threading.Event(), threading.Event()
+
+    def busy() -> None:
+        started.set()
+        release.wait()
+
+    sender.put(busy)
+    assert started.wait(timeout=30)  # the sender thread is now busy with this call
+    for _ in range(3):
+        sender.put(lambda: None)
+    assert sender.pending() == 3
+    blocked = threading.Thread(target=sender.put, args=(lambda: None,))
+    blocked.start()
+    blocked.join(timeout=0.5)
+    assert blocked.is_alive() and sender.pending() == 3  # waits instead of growing
+    release.set()
+    blocked.join(timeout=5)
+    assert not blocked.is_alive()
+    sender.close()
+    assert sender.pending() == 0
+
+
+def test_a_failing_call_is_retried_then_skipped_and_the_rest_still_sent() -> None:
+    sender = BackgroundSender(retries=2, retry_wait_s=0.01)
+    attempts: list[str] = []
+
+    def flaky() -> None:
+        attempts.append("flaky")
+        raise OSError("store down")
+
+    sender.put(flaky)
+    sender.put(lambda: attempts.append("next"))
+    sender.close()
+    assert attempts == ["flaky"] * 3 + ["next"]
+    assert sender.failures == 1
+    with pytest.raises(RuntimeError, match="closed"):
+        sender.put(lambda: None)
+
+
+def test_training_that_fails_still_flushes_every_iteration_to_mlflow(store: str) -> None:
+    """detectron2 closes its writers in ``after_train`` even when a step raises: everything
+    queued before the failure reaches MLflow, in step order."""
+    from detectron2.engine import HookBase, PeriodicWriter, TrainerBase
+
+    uri = store
+    tracker = RunTracker.create(tracking_uri=uri, experiment="f", run_name="f", tags={})
+    sender = BackgroundSender(maxsize=4)
+    slow = threading.Event()
+    sender.put(lambda: slow.wait(0.5))  # a slow store: the queue is full while training runs
+
+    class Toy(TrainerBase):
+        def run_step(self) -> None:
+            self.storage.put_scalar("total_loss", float(self.iter))
+
+    class FailAt(HookBase):
+        def after_step(self) -> None:
+            if self.trainer.iter == 29:
+                raise RuntimeError("injected failure")
+
+    trainer = Toy()
+    writer = MLflowWriter(tracking_uri=uri, run_id=tracker.run_id, window_size=1, sender=sender)
+    trainer.register_hooks([PeriodicWriter([writer], period=1), FailAt()])
+    with pytest.raises(RuntimeError, match="injected failure"):
+        trainer.train(0, 100)
+    sender.close()
+    history = MlflowClient(tracking_uri=uri).get_metric_history(tracker.run_id, "total_loss")
+    assert [m.step for m in history] == list(range(30))
+    assert [m.value for m in history] == [float(i) for i in range(30)]
+    tracker.finish("FAILED")
