@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -133,14 +134,20 @@ def _parse(sources: Sequence[CacheSource], filter_empty: bool) -> tuple[list[Any
 
     dicts: list[Any] = []
     meta: dict[str, Any] = {}
-    for i, source in enumerate(sources):
-        name = f"_orchestrator_cache_{os.getpid()}_{i}"  # load_coco_json fills its metadata
-        dicts += load_coco_json(source.json_file, source.image_root, name)
-        found = MetadataCatalog.get(name)
-        if not meta and found.get("thing_classes") is not None:
-            meta = {"thing_classes": list(found.thing_classes),
-                    "thing_dataset_id_to_contiguous_id": {
-                        str(k): v for k, v in found.thing_dataset_id_to_contiguous_id.items()}}
+    for source in sources:
+        # load_coco_json fills this name's metadata; a fresh name per parse (removed after)
+        # keeps two datasets parsed in one process from meeting in detectron2's catalog.
+        name = f"_orchestrator_cache_{uuid.uuid4().hex}"
+        try:
+            dicts += load_coco_json(source.json_file, source.image_root, name)
+            found = MetadataCatalog.get(name)
+            if not meta and found.get("thing_classes") is not None:
+                meta = {"thing_classes": list(found.thing_classes),
+                        "thing_dataset_id_to_contiguous_id": {
+                            str(k): v
+                            for k, v in found.thing_dataset_id_to_contiguous_id.items()}}
+        finally:
+            MetadataCatalog.remove(name)
     if filter_empty and dicts and "annotations" in dicts[0]:
         dicts = filter_images_with_only_crowd_annotations(dicts)
     return dicts, meta

@@ -126,3 +126,19 @@ def test_the_train_set_of_a_cfg_comes_from_the_cache_with_its_metadata(
     monkeypatch.setenv("ORCHESTRATOR_DATA_CACHE", "off")
     cfg.DATALOADER.SAMPLER_TRAIN = "TrainingSampler"
     assert cached_train_dataset(cfg) is None
+
+
+def test_parsing_leaves_detectron2s_catalog_as_it_was(tmp_path: Path) -> None:
+    """Two datasets with other classes parsed in one process: neither leaves a scratch name
+    behind whose metadata a later parse (or a registration) would collide with."""
+    before = set(MetadataCatalog.list())
+    other = tmp_path / "other.json"
+    data = json.loads(write_coco(other, 30).read_text(encoding="utf-8"))
+    data["categories"] = [{"id": i, "name": f"class-{i}"} for i in (1, 3, 7)]
+    other.write_text(json.dumps(data), encoding="utf-8")
+    first = cached_dataset([CacheSource(str(write_coco(tmp_path / "a.json", 30)), "img")],
+                           root=tmp_path / "cache")
+    second = cached_dataset([CacheSource(str(other), "img")], root=tmp_path / "cache")
+    assert first.meta["thing_classes"] == ["a", "b", "c"]
+    assert second.meta["thing_classes"] == ["class-1", "class-3", "class-7"]
+    assert set(MetadataCatalog.list()) == before
