@@ -30,6 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from orchestrator.launch.local_cluster import NODE_ENV, ClusterProcess  # noqa: E402
+from orchestrator.launch.waiting import wait_until  # noqa: E402
 
 JOB = f"""
 name: bench-multinode
@@ -105,13 +106,7 @@ class Run:
 
 
 def wait_for(predicate: Callable[[], object], timeout: float = 1200) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise SystemExit("timed out waiting")
+    return wait_until(predicate, timeout=timeout, what="the scenario made no progress")
 
 
 def next_step_after(run: Run, moment: float) -> float:

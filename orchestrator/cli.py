@@ -594,14 +594,15 @@ def cluster_add_node(state: ClusterState = _CLUSTER_STATE) -> None:
     import signal as sig
 
     from orchestrator.launch.local_cluster import read_state
+    from orchestrator.launch.waiting import wait_until
 
     before = len(read_state(state)["nodes"])
     os.kill(int(read_state(state)["supervisor"]), sig.SIGUSR1)
-    deadline = time.monotonic() + 120
-    while len(read_state(state)["nodes"]) == before:
-        if time.monotonic() > deadline:
-            raise OrchestratorError("the new node did not come up within 120 s")
-        time.sleep(0.5)
+    try:
+        wait_until(lambda: len(read_state(state)["nodes"]) > before, timeout=120,
+                   what="the new node did not come up within 120 s")
+    except TimeoutError as exc:
+        raise OrchestratorError(str(exc)) from None
     console.print(f"added {read_state(state)['nodes'][-1]['name']}")
 
 

@@ -153,15 +153,32 @@ def _deform_conv(channels: int, modulated: bool, deform_groups: int, stride: int
               norm=get_norm(norm, channels))
 
 
-def _apply_deformable(block: DeformBottleneckBlock | DeformBasicBlock, x: Tensor) -> Tensor:
-    offset = block.conv2_offset(x)
-    if block.deform_modulated:
-        offset, mask = split_offset_mask(offset, block.deform_num_groups)
-        return block.conv2(x, offset, mask)
-    return block.conv2(x, offset)
+class _DeformBlock(CNNBlockBase):
+    """What both deformable residual blocks share: the offset settings, the projection
+    shortcut (registered first, as detectron2's blocks do, so state dicts list it first) and
+    running ``conv2`` on offsets read from its input."""
+
+    conv2_offset: Conv2d
+    conv2: DeformConv | ModulatedDeformConv
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int, *, norm: str,
+                 deform_modulated: bool, deform_num_groups: int) -> None:
+        super().__init__(in_channels, out_channels, stride)
+        self.deform_modulated = deform_modulated
+        self.deform_num_groups = deform_num_groups
+        self.shortcut = (Conv2d(in_channels, out_channels, kernel_size=1, stride=stride,
+                                bias=False, norm=get_norm(norm, out_channels))
+                         if in_channels != out_channels else None)
+
+    def _deformable_conv2(self, x: Tensor) -> Tensor:
+        offset = self.conv2_offset(x)
+        if self.deform_modulated:
+            offset, mask = split_offset_mask(offset, self.deform_num_groups)
+            return self.conv2(x, offset, mask)
+        return self.conv2(x, offset)
 
 
-class DeformBottleneckBlock(CNNBlockBase):
+class DeformBottleneckBlock(_DeformBlock):
     """detectron2's bottleneck (1x1, 3x3, 1x1) with a deformable 3x3 ``conv2``: the same
     arguments and state-dict names as ``detectron2.modeling.backbone.resnet
     .DeformBottleneckBlock``, running on :class:`DeformConv` / :class:`ModulatedDeformConv`."""
@@ -170,12 +187,8 @@ class DeformBottleneckBlock(CNNBlockBase):
                  stride: int = 1, num_groups: int = 1, norm: str = "BN",
                  stride_in_1x1: bool = False, dilation: int = 1, deform_modulated: bool = False,
                  deform_num_groups: int = 1) -> None:
-        super().__init__(in_channels, out_channels, stride)
-        self.deform_modulated = deform_modulated
-        self.deform_num_groups = deform_num_groups
-        self.shortcut = (Conv2d(in_channels, out_channels, kernel_size=1, stride=stride,
-                                bias=False, norm=get_norm(norm, out_channels))
-                         if in_channels != out_channels else None)
+        super().__init__(in_channels, out_channels, stride, norm=norm,
+                         deform_modulated=deform_modulated, deform_num_groups=deform_num_groups)
         stride_1x1, stride_3x3 = (stride, 1) if stride_in_1x1 else (1, stride)
         self.conv1 = Conv2d(in_channels, bottleneck_channels, kernel_size=1, stride=stride_1x1,
                             bias=False, norm=get_norm(norm, bottleneck_channels))
@@ -191,13 +204,13 @@ class DeformBottleneckBlock(CNNBlockBase):
 
     def forward(self, x: Tensor) -> Tensor:
         out = F.relu_(self.conv1(x))
-        out = F.relu_(_apply_deformable(self, out))
+        out = F.relu_(self._deformable_conv2(out))
         out = self.conv3(out)
         out = out + (self.shortcut(x) if self.shortcut is not None else x)
         return F.relu_(out)
 
 
-class DeformBasicBlock(CNNBlockBase):
+class DeformBasicBlock(_DeformBlock):
     """detectron2's R-18/R-34 basic block (3x3 ``conv1`` with the stride, 3x3 ``conv2``) whose
     ``conv2`` is deformable, with its ``conv2_offset`` reading conv1's output.
 
@@ -208,12 +221,8 @@ class DeformBasicBlock(CNNBlockBase):
     def __init__(self, in_channels: int, out_channels: int, *, stride: int = 1,
                  norm: str = "BN", deform_modulated: bool = False,
                  deform_num_groups: int = 1) -> None:
-        super().__init__(in_channels, out_channels, stride)
-        self.deform_modulated = deform_modulated
-        self.deform_num_groups = deform_num_groups
-        self.shortcut = (Conv2d(in_channels, out_channels, kernel_size=1, stride=stride,
-                                bias=False, norm=get_norm(norm, out_channels))
-                         if in_channels != out_channels else None)
+        super().__init__(in_channels, out_channels, stride, norm=norm,
+                         deform_modulated=deform_modulated, deform_num_groups=deform_num_groups)
         self.conv1 = Conv2d(in_channels, out_channels, kernel_size=3, stride=stride, padding=1,
                             bias=False, norm=get_norm(norm, out_channels))
         self.conv2_offset = _offset_conv(out_channels, deform_modulated, deform_num_groups, 1, 1)
@@ -225,6 +234,6 @@ class DeformBasicBlock(CNNBlockBase):
 
     def forward(self, x: Tensor) -> Tensor:
         out = F.relu_(self.conv1(x))
-        out = _apply_deformable(self, out)
+        out = self._deformable_conv2(out)
         out = out + (self.shortcut(x) if self.shortcut is not None else x)
         return F.relu_(out)

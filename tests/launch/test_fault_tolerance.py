@@ -8,22 +8,12 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
+from orchestrator.launch.waiting import wait_until
 from tests.conftest import TINY_JOB, write_spec
-
-
-def wait_for(predicate, timeout: float, what: str):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise TimeoutError(what)
 
 
 def worker_pid(workdir: Path) -> int | None:
@@ -50,9 +40,10 @@ def test_a_killed_worker_resumes_without_lost_or_duplicated_steps(workdir: Path)
         cwd=workdir, env={**os.environ, "PYTHONUNBUFFERED": "1"},
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        pid = wait_for(lambda: worker_pid(workdir), 240, "rank 1 never started")
+        pid = wait_until(lambda: worker_pid(workdir), timeout=240, what="rank 1 never started")
         client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}")
-        wait_for(lambda: max(logged_steps(client), default=-1) >= 5, 240, "no progress")
+        wait_until(lambda: max(logged_steps(client), default=-1) >= 5, timeout=240,
+                   what="no progress")
         os.kill(pid, signal.SIGKILL)  # a real kill of a worker process, not an exception
         output, _ = proc.communicate(timeout=400)
     finally:
@@ -76,8 +67,8 @@ def test_an_interrupted_run_resumes_into_the_same_mlflow_run(workdir: Path) -> N
     first = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True)
     client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}")
-    wait_for(lambda: worker_pid(workdir), 240, "training never started")
-    wait_for(lambda: max(logged_steps(client), default=-1) >= 8, 240, "no progress")
+    wait_until(lambda: worker_pid(workdir), timeout=240, what="training never started")
+    wait_until(lambda: max(logged_steps(client), default=-1) >= 8, timeout=240, what="no progress")
     first.send_signal(signal.SIGINT)
     first.communicate(timeout=120)
     run = client.search_runs([e.experiment_id for e in client.search_experiments()])[0]

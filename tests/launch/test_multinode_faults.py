@@ -15,8 +15,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from orchestrator.launch.local_cluster import NODE_ENV, ClusterProcess
+from orchestrator.launch.waiting import wait_until
 from tests.conftest import TINY_JOB, write_spec
-from tests.launch.test_fault_tolerance import wait_for
 from tests.launch.test_multinode import job_args, start_cluster, starts
 
 pytestmark = pytest.mark.slow
@@ -83,7 +83,8 @@ def test_losing_a_worker_node_continues_on_what_is_left(workdir: Path,
         proc = submit(workdir, cluster, job, "resources.workers=[1,2]", "run.max_failures=1",
                       "eval.enabled=false")
         try:
-            wait_for(lambda: last_step(client) >= 5, 600, "no progress before the kill")
+            wait_until(lambda: last_step(client) >= 5, timeout=600,
+                       what="no progress before the kill")
             killed = cluster.kill_node("worker-1")
             assert killed
         finally:
@@ -112,7 +113,8 @@ def test_a_worker_hung_in_a_collective_times_out_and_restarts(workdir: Path,
                       "run.collective_timeout_s=30")
         stopped: int | None = None
         try:
-            wait_for(lambda: last_step(client) >= 5, 600, "no progress before the hang")
+            wait_until(lambda: last_step(client) >= 5, timeout=600,
+                       what="no progress before the hang")
             stopped = next(pid for rank, world, pid, *_ in starts(workdir) if rank == 1)
             os.kill(stopped, signal.SIGSTOP)
             hung_at = time.time()
@@ -145,7 +147,8 @@ def test_head_loss_fails_the_run_and_resume_continues_on_a_new_cluster(
     with start_cluster(2, tmp_path_factory.mktemp("cluster")) as cluster:
         proc = submit(workdir, cluster, job, "eval.enabled=false", remote=False)
         try:
-            wait_for(lambda: last_step(client) >= 5, 600, "no progress before the kill")
+            wait_until(lambda: last_step(client) >= 5, timeout=600,
+                       what="no progress before the kill")
             cluster.kill_node("head")
         finally:
             output = finish(proc, timeout=300)
@@ -176,7 +179,8 @@ def test_a_node_added_mid_run_grows_an_elastic_group(workdir: Path,
         proc = submit(workdir, cluster, job, "resources.workers=[1,2]", "eval.enabled=false",
                       "run.elastic_resize_check_s=5")
         try:
-            wait_for(lambda: last_step(client) >= 5, 600, "no progress before the new node")
+            wait_until(lambda: last_step(client) >= 5, timeout=600,
+                       what="no progress before the new node")
             cluster.add_node()
         finally:
             output = finish(proc)

@@ -54,3 +54,18 @@ def tiny_input(size: tuple[int, int] = (64, 56), out: tuple[int, int] = (128, 11
     if with_sem:
         data["basis_sem"] = torch.zeros((h, w), dtype=torch.int64)
     return data
+
+
+BLENDMASK_LOSSES = {"loss_basis_sem", "loss_fcos_cls", "loss_fcos_loc", "loss_fcos_ctr",
+                    "loss_mask"}
+
+
+def train_step_blendmask(model: nn.Module) -> dict[str, torch.Tensor]:
+    """One training forward on two tiny images and a backward; checks BlendMask's five losses
+    are there and finite. Returns them (the gradients are on the model)."""
+    model.train()
+    losses = model([tiny_input(with_sem=True), tiny_input(with_sem=True)])
+    assert set(losses) == BLENDMASK_LOSSES
+    assert all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    return dict(losses)

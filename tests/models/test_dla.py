@@ -9,7 +9,7 @@ from torch import nn
 
 from orchestrator.models.dla import build_dla
 from tests.conftest import REPO
-from tests.models.helpers import build, make_cfg, tiny_input
+from tests.models.helpers import build, make_cfg, tiny_input, train_step_blendmask
 
 DLA_CONFIG = REPO / "configs/blendmask/DLA_34_syncbn_4x.yaml"
 
@@ -52,12 +52,7 @@ def test_dla_needs_unfrozen_stages() -> None:
 
 def test_dla_blendmask_trains_and_predicts(model: nn.Module) -> None:
     assert set(model.backbone.output_shape()) == {"p3", "p4", "p5"}
-    model.train()
-    losses = model([tiny_input(with_sem=True), tiny_input(with_sem=True)])
-    assert set(losses) == {"loss_basis_sem", "loss_fcos_cls", "loss_fcos_loc", "loss_fcos_ctr",
-                           "loss_mask"}
-    assert all(torch.isfinite(v) for v in losses.values())
-    sum(losses.values()).backward()
+    train_step_blendmask(model)
     bottom_up = model.backbone.bottom_up
     assert bottom_up.level5.root.conv.weight.grad.abs().sum() > 0
     assert bottom_up.base_layer[0].weight.grad.abs().sum() > 0
