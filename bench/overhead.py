@@ -1,25 +1,32 @@
 """What does running through orchestrator cost, and what do more workers buy?
 
-1. The same cfg (jobs/demo.yaml's model and data, a checkpoint every ``--checkpoint-period``)
-   and iteration count run
+1. Steady state and start-up. The same cfg (jobs/demo.yaml's model and data, a fixed
+   ``SEED`` so both see the same batches) runs
    (a) as plain detectron2 in one process (our Trainer with its PeriodicCheckpointer, no Ray,
        no MLflow), and
-   (b) through ``orchestrator submit`` with 1 worker (embedded Ray, MLflow, progress), twice in
-       one directory: the first pays for creating the MLflow store, the second finds it (warm),
+   (b) through ``orchestrator submit`` with 1 worker (embedded Ray, MLflow, progress),
    each in its own subprocess with one compute thread (Ray gives a 1-CPU worker
-   OMP_NUM_THREADS=1, so the plain run gets the same). Steady-state s/iter is the median
-   wall-clock gap between consecutive iterations after the first 5 (it includes every hook and
-   writer; detectron2's own ``time`` leaves those out and is printed beside it). Blocked seconds
-   per checkpoint: how much longer the two gaps around a checkpoint iteration are than two
-   median gaps. Also the time from start to the end of the first iteration.
+   OMP_NUM_THREADS=1, so the plain run gets the same). The two alternate ``--repeats`` times
+   per log period, because this machine's speed drifts by several percent between runs; the
+   ratio printed is the median of the pairs' ratios.
+   - ``tracking.log_period=1``: s/iter is the median wall-clock gap between consecutive
+     iterations after the first 5 (hooks and writers included), with a checkpoint every
+     ``--checkpoint-period``; blocked seconds per checkpoint = how much longer the two gaps
+     around a checkpoint are than two median gaps.
+   - the default log period (20): s/iter is the mean over the iterations between the first and
+     the last logged one (no checkpoints in that window).
+   - start-up: start of the command to the end of the first iteration. Submits run in one
+     directory whose MLflow store exists (warm); one more submit into a new directory gives
+     the cost of a fresh store.
 2. ``submit`` with 2 workers against 1 (same images per worker): images/s and scaling
    efficiency (``--skip-scaling`` leaves it out).
 3. Restart cost: a 2-worker run with ``run.max_failures=1`` whose rank-1 worker process is
-   SIGKILLed mid-training; seconds from the kill to the next logged training iteration.
+   SIGKILLed right after a checkpoint; seconds from the kill to the next logged training
+   iteration, with the new worker's own start-up breakdown.
 
 Absolute numbers depend on the machine's load (printed); compare the ratios of one run.
 
-    .venv/bin/python bench/overhead.py [--iters 40] [--skip-restart] [--skip-scaling]
+    .venv/bin/python bench/overhead.py [--iters 20] [--repeats 2] [--skip-restart] [--skip-scaling]
 """
 
 from __future__ import annotations
@@ -38,8 +45,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from orchestrator.launch.waiting import wait_until  # noqa: E402
+
 JOB = REPO / "jobs" / "demo.yaml"
 WARMUP = 5
+SEEDED = ("model.opts=[SEED,7]",)  # same batches in every run
+DEFAULT_LOG_PERIOD = 20
 
 
 @dataclass(frozen=True)
@@ -58,7 +71,16 @@ def d2_s_per_iter(metrics_json: Path) -> float:
     return statistics.median(times)
 
 
-def wall_timing(stamps: dict[int, float], period: int) -> tuple[float, float | None]:
+def wall_timing(stamps: dict[int, float], period: int, log_period: int) -> tuple[float,
+                                                                                 float | None]:
+    """(s/iter, blocked s per checkpoint) from the time stamps of the logged iterations."""
+    if log_period > 1:  # a stamp every log_period iterations: mean over the logged window
+        steps = sorted(s for s in stamps if s >= WARMUP)
+        return (stamps[steps[-1]] - stamps[steps[0]]) / (steps[-1] - steps[0]), None
+    return gap_timing(stamps, period)
+
+
+def gap_timing(stamps: dict[int, float], period: int) -> tuple[float, float | None]:
     """(median gap between consecutive iterations after warm-up, blocked s per checkpoint).
 
     A checkpoint written after iteration k lengthens the gap into k or the one after it,
@@ -88,17 +110,28 @@ def _latest_run(workdir: Path):  # type: ignore[no-untyped-def]
 
 
 def run_submit(workdir: Path, iters: int, period: int, workers: int = 1,
-               extra: tuple[str, ...] = ()) -> Timing:
+               extra: tuple[str, ...] = (), log_period: int = 1) -> Timing:
     start = time.time()
-    subprocess.run(submit_cmd(iters, workers, f"solver.checkpoint_period={period}", *extra),
+    subprocess.run(submit_cmd(iters, workers, f"solver.checkpoint_period={period}", *extra,
+                              f"tracking.log_period={log_period}"),
                    cwd=workdir, check=True, stdout=subprocess.DEVNULL)
     client, run = _latest_run(workdir)
     history = client.get_metric_history(run.info.run_id, "total_loss")
     stamps = {m.step: m.timestamp / 1000 for m in history}  # taken on the training thread
     output = Path(run.data.params["spec.run.output_dir"]) / f"demo-{run.info.run_id[:8]}"
-    wall, blocked = wall_timing(stamps, _iter_period(output))
+    wall, blocked = wall_timing(stamps, _iter_period(output), log_period)
     return Timing(wall=wall, d2_time=d2_s_per_iter(output / "metrics.json"), blocked=blocked,
-                  first=min(stamps.values()) - start)
+                  first=_first_iteration_end(output, stamps, log_period) - start)
+
+
+def _first_iteration_end(output: Path, stamps: dict[int, float], log_period: int) -> float:
+    """When iteration 0 ended: its MLflow time stamp, or with a longer log period the first
+    stamp less the iterations before it (at the s/iter of the window)."""
+    if 0 in stamps:
+        return stamps[0]
+    steps = sorted(stamps)
+    rate = (stamps[steps[-1]] - stamps[steps[0]]) / max(1, steps[-1] - steps[0])
+    return stamps[steps[0]] - steps[0] * rate
 
 
 def _iter_period(output: Path) -> int:
@@ -140,7 +173,7 @@ register_datasets(job.data)
 Path("out").mkdir(exist_ok=True)
 cfg = build_cfg(job, sys.argv[5])
 Path("out/config.yaml").write_text(cfg.dump())
-trainer = Trainer(cfg, log_period=1)
+trainer = Trainer(cfg, log_period=int(sys.argv[7]))
 trainer.register_hooks([Stamps()])
 trainer.resume_or_load(resume=False)
 trainer.train()
@@ -148,61 +181,70 @@ trainer.train()
 
 
 def run_plain(workdir: Path, iters: int, period: int, device: str = "cpu",
-              extra: tuple[str, ...] = ()) -> Timing:
+              extra: tuple[str, ...] = (), log_period: int = 1) -> Timing:
     start = time.time()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run([sys.executable, "-c", PLAIN, str(start), str(JOB), str(iters), str(period),
-                    device, json.dumps(list(extra))], cwd=workdir, env=env, check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    stamps = {int(k): v for k, v in json.loads((workdir / "stamps.json").read_text()).items()}
-    wall, blocked = wall_timing(stamps, _iter_period(workdir / "out"))
+                    device, json.dumps(list(extra)), str(log_period)], cwd=workdir, env=env,
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    every = {int(k): v for k, v in json.loads((workdir / "stamps.json").read_text()).items()}
+    # The same iterations as submit's MLflow stamps: those its writers ran after.
+    stamps = {k: v for k, v in every.items() if (k + 1) % log_period == 0 or log_period == 1}
+    wall, blocked = wall_timing(stamps, _iter_period(workdir / "out"), log_period)
     return Timing(wall=wall, d2_time=d2_s_per_iter(workdir / "out" / "metrics.json"),
-                  blocked=blocked, first=stamps[0] - start)
+                  blocked=blocked, first=every[0] - start)
 
 
-def restart_cost(workdir: Path, iters: int) -> float:
-    """Seconds from SIGKILL of the rank-1 worker to the next training iteration in MLflow."""
+@dataclass(frozen=True)
+class Restart:
+    """A worker killed once a checkpoint is in ``run.storage_path``, and what followed."""
+
+    seconds: float  # SIGKILL -> next logged training iteration
+    saved: int  # the iteration of the last checkpoint before the kill
+    restored: int  # the iteration the new attempt restored
+    startup: str  # the new rank 0's start-up line
+
+
+def restart_cost(workdir: Path, iters: int) -> Restart:
+    """Kill rank 1 right after checkpoint 9 reached storage (its staged copy deleted, Ray's
+    controller given a health-check poll to record it), so nothing is replayed and only the
+    restart itself is timed. (Killed while the asynchronous upload is still running, the group
+    restarts from the checkpoint before: those iterations are replayed, and not logged twice.)"""
     from mlflow.tracking import MlflowClient
 
     proc = subprocess.Popen(submit_cmd(iters, 2, "run.max_failures=1",
-                                       "solver.checkpoint_period=5"),
+                                       "solver.checkpoint_period=5", *SEEDED),
                             cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}")
-    pid = _wait(lambda: _rank1_pid(workdir), "rank 1 never started")
-    run_id = _wait(lambda: _run_past(client, 8), "training made no progress")
+    pid = wait_until(lambda: _rank_log_match(workdir, "log.txt.rank1",
+                                             r"\(pid (\d+)\) starts training"),
+                     timeout=600, what="rank 1 never started", every=0.1)
+    saved = int(wait_until(lambda: _rank_log_match(workdir, "log.txt",
+                                                   r"checkpoint at iteration (9|1\d)\b"),
+                           timeout=600, what="no checkpoint at iteration 9", every=0.1))
+    staged = workdir / ".orchestrator" / "output"
+    wait_until(lambda: not list(staged.glob(f"*/checkpoint-staging/iter_{saved:07d}-*")),
+               timeout=120, what="the checkpoint upload never finished", every=0.05)
+    time.sleep(1.0)  # RAY_TRAIN_HEALTH_CHECK_INTERVAL_S is 0.5 s
     killed = time.time()
-    os.kill(pid, signal.SIGKILL)
+    os.kill(int(pid), signal.SIGKILL)
     proc.wait(timeout=900)
-    after = [m.timestamp / 1000 for m in client.get_metric_history(run_id, "total_loss")
-             if m.timestamp / 1000 > killed]
-    return min(after) - killed
+    _, run = _latest_run(workdir)
+    after = sorted(m.timestamp / 1000 for m in
+                   client.get_metric_history(run.info.run_id, "total_loss")
+                   if m.timestamp / 1000 > killed)
+    log = (Path(run.data.params["spec.run.output_dir"]) / f"demo-{run.info.run_id[:8]}"
+           / "log.txt").read_text()
+    restored = re.findall(r"restored from Ray checkpoint at iteration (\d+)", log)
+    return Restart(seconds=after[0] - killed, saved=saved, restored=int(restored[-1]),
+                   startup=re.findall(r"worker start-up took .*", log)[-1])
 
 
-def _wait(probe, what: str, timeout: float = 600):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = probe()
+def _rank_log_match(workdir: Path, name: str, pattern: str) -> str | None:
+    for log in (workdir / ".orchestrator" / "output").glob(f"*/{name}"):
+        found = re.search(pattern, log.read_text())
         if found:
-            return found
-        time.sleep(0.2)
-    raise TimeoutError(what)
-
-
-def _rank1_pid(workdir: Path) -> int | None:
-    for log in (workdir / ".orchestrator" / "output").glob("*/log.txt.rank1"):
-        found = re.search(r"\(pid (\d+)\) starts training", log.read_text())
-        if found:
-            return int(found.group(1))
-    return None
-
-
-def _run_past(client, step: int) -> str | None:  # type: ignore[no-untyped-def]
-    experiment = client.get_experiment_by_name("bench")
-    runs = client.search_runs([experiment.experiment_id]) if experiment else []
-    if runs and runs[0].data.metrics and max(
-            (m.step for m in client.get_metric_history(runs[0].info.run_id, "total_loss")),
-            default=-1) >= step:
-        return str(runs[0].info.run_id)
+            return found.group(1)
     return None
 
 
@@ -210,47 +252,94 @@ def _blocked(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f} s"
 
 
+def _warm_caches() -> None:
+    """Import what both sides import once, so the first measured run does not pay for reading
+    the libraries from disk."""
+    subprocess.run([sys.executable, "-c", "import detectron2.engine, ray.train.torch, mlflow"],
+                   check=True, stderr=subprocess.DEVNULL)
+
+
+def steady_state(iters: int, period: int, repeats: int, log_period: int) -> list[tuple[Timing,
+                                                                                        Timing]]:
+    """Alternating plain and submit runs (submits share a directory: a warm store)."""
+    pairs = []
+    with tempfile.TemporaryDirectory() as store:
+        subprocess.run(submit_cmd(4, 1, "solver.checkpoint_period=1000"), cwd=store,
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for _ in range(repeats):
+            with tempfile.TemporaryDirectory() as plain_dir:
+                plain = run_plain(Path(plain_dir), iters, period, extra=SEEDED,
+                                  log_period=log_period)
+            ray = run_submit(Path(store), iters, period, extra=SEEDED, log_period=log_period)
+            pairs.append((plain, ray))
+            print(f"  plain {plain.wall:.3f} s/iter ({plain.d2_time:.3f}), first iteration "
+                  f"{plain.first:.1f} s, blocked {_blocked(plain.blocked)}; submit "
+                  f"{ray.wall:.3f} s/iter ({ray.d2_time:.3f}), first iteration {ray.first:.1f} s"
+                  f", blocked {_blocked(ray.blocked)}: ratio {ray.wall / plain.wall:.3f}x",
+                  flush=True)
+    return pairs
+
+
+def _median_ratio(pairs: list[tuple[Timing, Timing]], field: str) -> float:
+    return statistics.median(getattr(b, field) / getattr(a, field) for a, b in pairs)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--iters", type=int, default=40)
-    parser.add_argument("--checkpoint-period", type=int, default=10,
+    parser.add_argument("--iters", type=int, default=20,
+                        help="solver.max_iter at the reference batch (1 worker runs twice as many)")
+    parser.add_argument("--repeats", type=int, default=2, help="plain/submit pairs per log period")
+    parser.add_argument("--checkpoint-period", type=int, default=5,
                         help="solver.checkpoint_period (at the spec's reference batch)")
     parser.add_argument("--skip-restart", action="store_true")
     parser.add_argument("--skip-scaling", action="store_true")
     args = parser.parse_args()
+    if args.iters < 20:
+        parser.error("--iters must be at least 20: the default log period logs every 20th of "
+                     "the 1-worker run's 2 x iters iterations, and s/iter needs two of them")
     load = os.getloadavg()
     iters, period = args.iters, args.checkpoint_period
     print(f"load average at start: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} "
           f"({os.cpu_count()} CPUs)", flush=True)
-    print(f"iterations: {iters} at the reference batch (steady state = median wall-clock gap "
-          f"after the first {WARMUP}; detectron2's 'time' in brackets)", flush=True)
-    with tempfile.TemporaryDirectory() as a, tempfile.TemporaryDirectory() as b, \
-            tempfile.TemporaryDirectory() as c, tempfile.TemporaryDirectory() as d:
-        plain = run_plain(Path(a), iters, period)
-        print(f"plain detectron2, 1 process : {plain.wall:.3f} s/iter ({plain.d2_time:.3f}), "
-              f"first iteration after {plain.first:.1f} s, blocked {_blocked(plain.blocked)} "
-              "per checkpoint", flush=True)
-        fresh = run_submit(Path(b), iters, period)
-        ray = run_submit(Path(b), iters, period)  # same directory: the store exists now
-        print(f"orchestrator submit, 1 worker: {ray.wall:.3f} s/iter ({ray.d2_time:.3f}), "
-              f"first iteration after {ray.first:.1f} s (fresh MLflow store: "
-              f"{fresh.first:.1f} s), blocked {_blocked(ray.blocked)} per checkpoint")
-        print(f"ratio submit/plain: {ray.wall / plain.wall:.3f}x s/iter, "
-              f"{ray.first / plain.first:.2f}x time to first iteration "
-              f"(+{ray.first - plain.first:.1f} s warm store, +{fresh.first - plain.first:.1f} s "
-              "fresh store)", flush=True)
-        if not args.skip_scaling:
-            two = run_submit(Path(c), iters, period, workers=2)
-            ims = 2  # jobs/demo.yaml: 2 images per worker
-            one_ips, two_ips = ims / ray.wall, 2 * ims / two.wall
-            print(f"submit, 2 workers: {two.wall:.3f} s/iter; images/s 1 worker {one_ips:.2f}, "
-                  f"2 workers {two_ips:.2f}: speed-up {two_ips / one_ips:.2f}x, scaling "
-                  f"efficiency {two_ips / one_ips / 2:.0%}", flush=True)
-        if not args.skip_restart:
-            restart = restart_cost(Path(d), iters)
-            print(f"restart cost: {restart:.1f} s from killing a worker to the next training "
-                  "iteration", flush=True)
+    _warm_caches()
+    print(f"tracking.log_period=1, a checkpoint every {period} (steady state = median gap after "
+          f"the first {WARMUP}; detectron2's 'time' in brackets):", flush=True)
+    every = steady_state(iters, period, args.repeats, 1)
+    print(f"tracking.log_period={DEFAULT_LOG_PERIOD} (the default), no checkpoint:", flush=True)
+    default = steady_state(iters, 1000, args.repeats, DEFAULT_LOG_PERIOD)
+    plain_first = statistics.median(p.first for p, _ in every + default)
+    warm_first = statistics.median(s.first for _, s in every + default)
+    with tempfile.TemporaryDirectory() as fresh_dir:
+        fresh = run_submit(Path(fresh_dir), iters, 1000, extra=SEEDED)
+    blocked = [s.blocked for _, s in every if s.blocked is not None]
+    plain_blocked = [p.blocked for p, _ in every if p.blocked is not None]
+    print(f"ratio submit/plain: {_median_ratio(every, 'wall'):.3f}x s/iter at log_period=1, "
+          f"{_median_ratio(default, 'wall'):.3f}x at log_period={DEFAULT_LOG_PERIOD} "
+          f"(median of {args.repeats} pairs each)", flush=True)
+    print(f"first iteration: plain {plain_first:.1f} s, submit {warm_first:.1f} s on a warm "
+          f"store (+{warm_first - plain_first:.1f} s), {fresh.first:.1f} s on a fresh store "
+          f"(+{fresh.first - plain_first:.1f} s)", flush=True)
+    if blocked and plain_blocked:
+        print(f"blocked per checkpoint: plain {statistics.median(plain_blocked):.2f} s, submit "
+              f"{statistics.median(blocked):.2f} s", flush=True)
+    if not args.skip_scaling:
+        with tempfile.TemporaryDirectory() as two_dir:
+            one = statistics.median(s.wall for _, s in every)
+            two = run_submit(Path(two_dir), iters, period, workers=2, extra=SEEDED)
+        ims = 2  # jobs/demo.yaml: 2 images per worker
+        one_ips, two_ips = ims / one, 2 * ims / two.wall
+        print(f"submit, 2 workers: {two.wall:.3f} s/iter; images/s 1 worker {one_ips:.2f}, "
+              f"2 workers {two_ips:.2f}: speed-up {two_ips / one_ips:.2f}x, scaling "
+              f"efficiency {two_ips / one_ips / 2:.0%}", flush=True)
+    if not args.skip_restart:
+        with tempfile.TemporaryDirectory() as restart_dir:
+            restart = restart_cost(Path(restart_dir), max(iters, 20))
+        print(f"restart cost: {restart.seconds:.1f} s from killing a worker (checkpoint "
+              f"{restart.saved} in storage) to the next logged training iteration (restored "
+              f"from {restart.restored}: {restart.saved - restart.restored} iterations "
+              f"replayed); new rank 0: {restart.startup}", flush=True)
     print(f"load average at end: {os.getloadavg()[0]:.1f}")
+
 
 if __name__ == "__main__":
     main()

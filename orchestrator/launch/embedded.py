@@ -34,7 +34,10 @@ _RAY_ENV = {
 # For the embedded Ray only, read by Ray when it is imported: its node IP becomes 127.0.0.1
 # instead of the machine's address, and with it GCS, raylet, object manager, agents and every
 # worker listen on loopback only (Ray's own setting for single-machine Windows/macOS).
-LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+# No autoscaler drains this machine's one node, so Ray Train's preemption watcher (an actor
+# process started with every worker group, restarts included) would only take CPU from them.
+EMBEDDED_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+                "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
 
 
 def ray_run_name(job: WorkerJob) -> str:
@@ -98,13 +101,16 @@ def _init_ray(spec: JobSpec, verbose: bool) -> None:
 def train_loop(config: dict[str, Any]) -> None:
     """What Ray ships to the workers: detectron2 is imported there, not in the driver (the
     import only to name the function cost the driver seconds before any worker started)."""
+    import time
+
+    entered = time.time()
     with warnings.catch_warnings():
         # detectron2/fvcore import noise (torch.jit deprecations) is not the user's concern.
         warnings.simplefilter("ignore", FutureWarning)
         warnings.simplefilter("ignore", DeprecationWarning)
         from orchestrator.training.worker import train_loop_per_worker
 
-    train_loop_per_worker(config)
+    train_loop_per_worker(config, entered=entered)
 
 
 def _trainer(job: WorkerJob, queue: Any) -> Any:
@@ -195,7 +201,7 @@ def ray_session(spec: JobSpec, *, verbose: bool = False) -> Iterator[None]:
     """Connect (embedded Ray, or the cluster of a Ray job's driver) for a block; reuses a
     connection that is already open (a sweep's), and then leaves it open."""
     if not os.environ.get("RAY_ADDRESS"):  # before Ray is imported (it reads them then)
-        for key, value in LOOPBACK_ENV.items():
+        for key, value in EMBEDDED_ENV.items():
             os.environ.setdefault(key, value)
     import ray
 

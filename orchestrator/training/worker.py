@@ -27,6 +27,7 @@ from orchestrator.training.hooks import (
     RayCheckpointHook,
     restore_from_ray,
 )
+from orchestrator.training.startup import StartupClock
 from orchestrator.training.trainer import Trainer, mlflow_eval_error_recorder
 from orchestrator.training.visualize import VisualizeHook
 
@@ -75,23 +76,29 @@ def _writers(job: WorkerJob, queue: Any, sender: BackgroundSender) -> list[Any]:
     return writers
 
 
-def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """Ray Train entry point: ``config`` is ``WorkerJob.to_config()`` plus a progress queue."""
+def train_loop_per_worker(config: dict[str, Any], *, entered: float | None = None) -> None:
+    """Ray Train entry point: ``config`` is ``WorkerJob.to_config()`` plus a progress queue;
+    ``entered``: when Ray called the entry point (before detectron2 was imported)."""
+    clock = StartupClock(entered)
+    clock.mark("imports")
     context = ray.train.get_context()
     job = plan_for_world(WorkerJob.from_config(config), context.get_world_size())
     setup_local_process_group(ray.get_runtime_context().get_node_id())
+    clock.mark("process groups")
     register_datasets(job.data)
     cfg = build_cfg(job, _device())
     _prepare_output(cfg)
+    clock.mark("cfg")
     main = comm.is_main_process()
     sender = BackgroundSender(name="tracking-sender")
     try:
-        _train(job, cfg, config.get("progress_queue") if main else None, sender)
+        _train(job, cfg, config.get("progress_queue") if main else None, sender, clock)
     finally:  # writers flush in after_train; this also covers a failure before training
         sender.close()
 
 
-def _train(job: WorkerJob, cfg: CfgNode, queue: Any, sender: BackgroundSender) -> None:
+def _train(job: WorkerJob, cfg: CfgNode, queue: Any, sender: BackgroundSender,
+           clock: StartupClock) -> None:
     main = comm.is_main_process()
     trainer = Trainer(
         cfg,
@@ -108,12 +115,16 @@ def _train(job: WorkerJob, cfg: CfgNode, queue: Any, sender: BackgroundSender) -
                                    count=cfg.ORCHESTRATOR.VISUALIZE,
                                    eval_period=cfg.TEST.EVAL_PERIOD))
     trainer.register_hooks(hooks)
+    clock.mark("model and data")
     trainer.resume_or_load(resume=False)
-    if restore_from_ray(trainer) and trainer.start_iter >= trainer.max_iter:
+    restored = restore_from_ray(trainer)
+    clock.mark("weights")
+    if restored and trainer.start_iter >= trainer.max_iter:
         # A finished run resumed: training again would only repeat the final evaluation.
         logger.info("checkpoint is at the last iteration: nothing left to train")
         return
     _log_start(job, cfg)
+    clock.log()
     if main:  # on the sender thread: opening MLflow must not delay the first iteration
         start_iter = trainer.start_iter
         sender.put(lambda: log_plan(job, start_iter))

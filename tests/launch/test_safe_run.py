@@ -124,3 +124,12 @@ def test_the_job_listens_on_loopback_only(watched: Watched) -> None:
                for x in wildcard), wildcard
     assert len({x.pid for x in wildcard}) <= 1, wildcard
     assert len(listeners) - len(wildcard) >= 10
+
+
+def test_the_embedded_job_starts_no_preemption_watcher(watched: Watched) -> None:
+    """One machine has no node an autoscaler could drain: Ray Train's watcher process is left
+    out of the embedded Ray (it is started again with every restarted worker group)."""
+    titles = set().union(*watched.watch.names.values())
+    assert any(t.startswith("ray::RayTrainWorker") for t in titles), titles
+    assert any(t.startswith("ray::TrainController") for t in titles), titles
+    assert not any("PreemptionWatcher" in t for t in titles), titles

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -48,6 +49,10 @@ def test_two_workers_train_and_mlflow_records_everything(workdir: Path) -> None:
     assert "system/memory_gb" in run.data.metrics
     worker_log = next((workdir / ".orchestrator" / "output").glob("*/log.txt.rank1")).read_text()
     assert "run.env ORCHESTRATOR_PROBE is set" in worker_log  # reached every worker
+    startup = re.search(r"worker start-up took ([\d.]+) s: process ([\d.]+) s, imports ([\d.]+) s",
+                        worker_log)
+    assert startup, worker_log  # the phases are rounded to 0.1 s each
+    assert float(startup.group(1)) + 0.1 >= float(startup.group(2)) + float(startup.group(3))
     assert "probe-7f3a" not in worker_log and params["spec.run.env.ORCHESTRATOR_PROBE"] == "****"
     # One checkpoint write per period: Ray's (uploaded asynchronously, the staged copy gone);
     # detectron2's own periodic checkpointer writes nothing beside it.
