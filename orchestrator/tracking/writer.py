@@ -5,10 +5,13 @@ same smoothing, the iteration as step), so MLflow and ``metrics.json`` agree.
 
 Only the snapshot of the event storage happens on the training thread; every MLflow call (and
 the system sampling) runs on one ``BackgroundSender`` thread, so a slow tracking store costs
-training nothing. Its queue is bounded (a stuck store slows training rather than filling
-memory), it keeps the order things were queued in, and ``close()``/``flush()`` wait until all
-of it is sent: detectron2's ``PeriodicWriter`` closes its writers in ``after_train``, which runs
-on success and on failure alike.
+training nothing. That thread still shares the GIL with training, so it is kept light: the
+snapshots of several writes go to MLflow in one ``log_batch`` (every ``send_every_s``, each
+value with its own step and time stamp), and the machine is sampled every ``every_s``. The
+sender's queue is bounded (a stuck store slows training rather than filling memory), it keeps
+the order things were queued in, and ``close()``/``flush()`` wait until all of it is sent:
+detectron2's ``PeriodicWriter`` closes its writers in ``after_train``, which runs on success
+and on failure alike.
 """
 
 from __future__ import annotations
@@ -129,17 +132,24 @@ class _Client:
 class MLflowWriter(_SenderWriter):
     """Log new scalars (those with an iteration past the last one logged) to one run.
 
+    Every write's snapshot is kept, with the time it was taken; they reach MLflow together,
+    in order, once ``send_every_s`` has passed since the last send, and on ``close()``.
+
     Args:
         sender: share one sender thread between writers; by default the writer has its own
             and stops it on ``close()``.
+        send_every_s: 0 sends each write on its own.
     """
 
     def __init__(self, *, tracking_uri: str, run_id: str, window_size: int = 20,
-                 sender: BackgroundSender | None = None) -> None:
+                 sender: BackgroundSender | None = None, send_every_s: float = 5.0) -> None:
         super().__init__(sender)
         self._client = _Client(tracking_uri)
         self._run_id = run_id
         self._window = window_size
+        self._send_every = send_every_s
+        self._pending: list[tuple[str, float, int, int]] = []
+        self._sent_at = float("-inf")
         self._last_step: dict[str, int] | None = None
         # What training already produced in this run's history (a restart replays steps).
         self._sender.put(self._load_logged_steps)
@@ -153,42 +163,55 @@ class MLflowWriter(_SenderWriter):
             key: max(m.step for m in client.get_metric_history(self._run_id, key))
             for key in keys}
 
-    def _snapshot(self) -> list[tuple[str, float, int]]:
-        storage = get_event_storage()
-        return [(name, float(value), int(step)) for name, (value, step)
-                in storage.latest_with_smoothing_hint(self._window).items()]
-
     def write(self) -> None:
-        scalars, now = self._snapshot(), int(time.time() * 1000)
-        self._sender.put(lambda: self._send(scalars, now))
+        storage, now = get_event_storage(), int(time.time() * 1000)
+        self._pending.extend(
+            (name, float(value), int(step), now) for name, (value, step)
+            in storage.latest_with_smoothing_hint(self._window).items())
+        if time.monotonic() - self._sent_at >= self._send_every:
+            self._put_pending()
 
-    def _send(self, scalars: list[tuple[str, float, int]], timestamp: int) -> None:
+    def close(self) -> None:
+        self._put_pending()
+        super().close()
+
+    def _put_pending(self) -> None:
+        pending, self._pending = self._pending, []
+        self._sent_at = time.monotonic()
+        if pending:
+            self._sender.put(lambda: self._send(pending))
+
+    def _send(self, scalars: list[tuple[str, float, int, int]]) -> None:
         from mlflow.entities import Metric
 
         if self._last_step is None:  # the history could not be read: do not duplicate
             self._load_logged_steps()
         assert self._last_step is not None
-        pending = [Metric(key=name, value=value, timestamp=timestamp, step=step)
-                   for name, value, step in scalars if step > self._last_step.get(name, -1)]
+        pending = []
+        for name, value, step, timestamp in scalars:  # a value unchanged since the last write
+            if step > self._last_step.get(name, -1):  # comes again with the same step
+                pending.append(Metric(key=name, value=value, timestamp=timestamp, step=step))
+                self._last_step[name] = step
         for start in range(0, len(pending), _BATCH):
             self._client.get().log_batch(self._run_id, metrics=pending[start:start + _BATCH])
-        for metric in pending:
-            self._last_step[metric.key] = metric.step
 
 
 class SystemMetricsWriter(_SenderWriter):
     """Rank 0's machine load, logged beside the losses so runs can be compared on cost too:
     ``system/cpu_percent``, ``system/memory_gb`` (this process tree's RSS), and with CUDA
     ``system/gpu_memory_gb`` / ``system/gpu_max_memory_gb`` (PyTorch's allocator).
-    Sampled on the sender thread, at the time the iteration was written."""
+    Sampled on the sender thread, at the time the iteration was written, once every
+    ``every_s`` at most (the first write always samples)."""
 
     def __init__(self, *, tracking_uri: str, run_id: str,
-                 sender: BackgroundSender | None = None) -> None:
+                 sender: BackgroundSender | None = None, every_s: float = 10.0) -> None:
         import psutil
 
         super().__init__(sender)
         self._client = _Client(tracking_uri)
         self._run_id = run_id
+        self._every = every_s
+        self._sampled_at = float("-inf")
         self._process = psutil.Process()
         self._process.cpu_percent()  # the first call only starts the measurement
 
@@ -209,6 +232,9 @@ class SystemMetricsWriter(_SenderWriter):
         return values
 
     def write(self) -> None:
+        if time.monotonic() - self._sampled_at < self._every:
+            return
+        self._sampled_at = time.monotonic()
         step, now = get_event_storage().iter, int(time.time() * 1000)
         self._sender.put(lambda: self._send(step, now))
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 from mlflow.tracking import MlflowClient
 
 from orchestrator.tracking.run import RunTracker
-from orchestrator.tracking.writer import BackgroundSender, MLflowWriter
+from orchestrator.tracking.writer import BackgroundSender, MLflowWriter, SystemMetricsWriter
 
 
 def test_calls_run_in_the_order_they_were_queued() -> None:
@@ -91,3 +92,50 @@ def test_training_that_fails_still_flushes_every_iteration_to_mlflow(store: str)
     assert [m.step for m in history] == list(range(30))
     assert [m.value for m in history] == [float(i) for i in range(30)]
     tracker.finish("FAILED")
+
+
+def test_writes_between_sends_reach_mlflow_together_each_with_its_own_time(store: str) -> None:
+    """The sender thread shares the GIL with training: several writes go in one batch, yet
+    every iteration is still logged once, at its own step and time stamp."""
+    from detectron2.utils.events import EventStorage
+
+    tracker = RunTracker.create(tracking_uri=store, experiment="b", run_name="b", tags={})
+    sender = BackgroundSender()
+    writer = MLflowWriter(tracking_uri=store, run_id=tracker.run_id, window_size=1,
+                          sender=sender, send_every_s=3600)
+    client = MlflowClient(tracking_uri=store)
+    with EventStorage(start_iter=0) as storage:
+        for it in range(5):
+            storage.iter = it
+            storage.put_scalar("total_loss", 10.0 - it)
+            if it == 2:
+                storage.put_scalar("segm/AP", 40.0)  # once: later writes repeat it at step 2
+            writer.write()
+            storage.step()
+            time.sleep(0.01)
+        sender.flush()
+        assert [m.step for m in client.get_metric_history(tracker.run_id, "total_loss")] == [0]
+        writer.close()
+    history = client.get_metric_history(tracker.run_id, "total_loss")
+    assert [(m.step, m.value) for m in history] == [(i, 10.0 - i) for i in range(5)]
+    stamps = [m.timestamp for m in history]
+    assert stamps == sorted(stamps) and len(set(stamps)) == 5  # taken at each write
+    assert [m.step for m in client.get_metric_history(tracker.run_id, "segm/AP")] == [2]
+    sender.close()
+    tracker.finish("FINISHED")
+
+
+def test_system_metrics_are_sampled_once_per_period(store: str) -> None:
+    from detectron2.utils.events import EventStorage
+
+    tracker = RunTracker.create(tracking_uri=store, experiment="p", run_name="p", tags={})
+    writer = SystemMetricsWriter(tracking_uri=store, run_id=tracker.run_id, every_s=3600)
+    with EventStorage(start_iter=7) as storage:
+        for it in (7, 8, 9):
+            storage.iter = it
+            writer.write()
+    writer.close()
+    history = MlflowClient(tracking_uri=store).get_metric_history(tracker.run_id,
+                                                                  "system/memory_gb")
+    assert [m.step for m in history] == [7]
+    tracker.finish("FINISHED")
