@@ -121,17 +121,14 @@ def run_submit(workdir: Path, iters: int, period: int, workers: int = 1,
     output = Path(run.data.params["spec.run.output_dir"]) / f"demo-{run.info.run_id[:8]}"
     wall, blocked = wall_timing(stamps, _iter_period(output), log_period)
     return Timing(wall=wall, d2_time=d2_s_per_iter(output / "metrics.json"), blocked=blocked,
-                  first=_first_iteration_end(output, stamps, log_period) - start)
+                  first=_first_iteration_end(stamps, wall) - start)
 
 
-def _first_iteration_end(output: Path, stamps: dict[int, float], log_period: int) -> float:
+def _first_iteration_end(stamps: dict[int, float], s_per_iter: float) -> float:
     """When iteration 0 ended: its MLflow time stamp, or with a longer log period the first
-    stamp less the iterations before it (at the s/iter of the window)."""
-    if 0 in stamps:
-        return stamps[0]
-    steps = sorted(stamps)
-    rate = (stamps[steps[-1]] - stamps[steps[0]]) / max(1, steps[-1] - steps[0])
-    return stamps[steps[0]] - steps[0] * rate
+    stamp less the iterations before it (at the measured s/iter)."""
+    first = min(stamps)
+    return stamps[first] - first * s_per_iter
 
 
 def _iter_period(output: Path) -> int:
@@ -210,12 +207,9 @@ def restart_cost(workdir: Path, iters: int) -> Restart:
     controller given a health-check poll to record it), so nothing is replayed and only the
     restart itself is timed. (Killed while the asynchronous upload is still running, the group
     restarts from the checkpoint before: those iterations are replayed, and not logged twice.)"""
-    from mlflow.tracking import MlflowClient
-
     proc = subprocess.Popen(submit_cmd(iters, 2, "run.max_failures=1",
                                        "solver.checkpoint_period=5", *SEEDED),
                             cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}")
     pid = wait_until(lambda: _rank_log_match(workdir, "log.txt.rank1",
                                              r"\(pid (\d+)\) starts training"),
                      timeout=600, what="rank 1 never started", every=0.1)
@@ -229,7 +223,7 @@ def restart_cost(workdir: Path, iters: int) -> Restart:
     killed = time.time()
     os.kill(int(pid), signal.SIGKILL)
     proc.wait(timeout=900)
-    _, run = _latest_run(workdir)
+    client, run = _latest_run(workdir)
     after = sorted(m.timestamp / 1000 for m in
                    client.get_metric_history(run.info.run_id, "total_loss")
                    if m.timestamp / 1000 > killed)
