@@ -20,7 +20,11 @@
      the cost of a fresh store.
 2. ``submit`` with 2 workers against 1 (same images per worker): images/s and scaling
    efficiency (``--skip-scaling`` leaves it out).
-3. Restart cost: a 2-worker run with ``run.max_failures=1`` whose rank-1 worker process is
+3. Ray Train alone, the floor under the start-up of 1 and the restart of 4: the same
+   embedded Ray (``ray_session``) and a TorchTrainer whose train function does nothing;
+   seconds from the command to the function running (1 worker), and from SIGKILLing rank 1
+   to it running again (2 workers).
+4. Restart cost: a 2-worker run with ``run.max_failures=1`` whose rank-1 worker process is
    SIGKILLed right after a checkpoint; seconds from the kill to the next logged training
    iteration, with the new worker's own start-up breakdown.
 
@@ -192,6 +196,73 @@ def run_plain(workdir: Path, iters: int, period: int, device: str = "cpu",
                   blocked=blocked, first=every[0] - start)
 
 
+RAY_ALONE = """
+import json, os, signal, sys, tempfile, threading, time
+start = float(sys.argv[1])
+from pathlib import Path
+from ray.train import FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchConfig, TorchTrainer
+from orchestrator.launch.embedded import ray_session
+from orchestrator.spec import load_spec
+
+workers, out = int(sys.argv[3]), Path(tempfile.mkdtemp())
+
+def train(config):  # enters; with 2 workers the first attempt waits for rank 1's kill
+    import os, time
+    import ray.train
+    rank = ray.train.get_context().get_world_rank()
+    (Path(config["out"]) / f"enter-{rank}-{os.getpid()}").write_text(str(time.time()))
+    if config["kill"] and not (Path(config["out"]) / "killed").exists():
+        time.sleep(600)
+
+def kill_rank_1():
+    while not (entered := list(out.glob("enter-1-*"))):
+        time.sleep(0.05)
+    time.sleep(1.0)  # one health-check poll after the group started, as restart_cost waits
+    (out / "killed").write_text(str(time.time()))
+    os.kill(int(entered[0].name.rsplit("-", 1)[1]), signal.SIGKILL)
+
+spec = load_spec(Path(sys.argv[2]), [f"resources.workers={workers}"])
+with ray_session(spec):
+    began = time.time()
+    if workers > 1:
+        threading.Thread(target=kill_rank_1, daemon=True).start()
+    TorchTrainer(train, train_loop_config={"out": str(out), "kill": workers > 1},
+                 scaling_config=ScalingConfig(num_workers=workers,
+                                              resources_per_worker={"CPU": 1}),
+                 run_config=RunConfig(storage_path=str(out / "storage"),
+                                      failure_config=FailureConfig(max_failures=1)),
+                 torch_config=TorchConfig(backend="gloo")).fit()
+stamps = sorted(float(f.read_text()) for f in out.glob("enter-*"))
+killed = float((out / "killed").read_text()) if workers > 1 else None
+print(json.dumps({"started": began - start, "entered": stamps[0] - start,
+                  "reentered": max(stamps) - killed if killed else None}))
+"""
+
+
+@dataclass(frozen=True)
+class RayAlone:
+    """Ray Train with a train function that does nothing: the floor under every submit."""
+
+    started: float  # command start -> the embedded Ray is up (Ray and torch imported)
+    entered: float  # command start -> the train function runs on the 1 worker
+    reentered: float  # 2 workers, rank 1 SIGKILLed -> the train function runs again
+
+
+def ray_alone(workdir: Path) -> RayAlone:
+    """The same embedded Ray that submit starts (``ray_session``) and Ray Train's own
+    TorchTrainer, with no detectron2, no MLflow and no pre-flight, timed from a fresh process."""
+    result = {}
+    for workers in (1, 2):
+        start = time.time()
+        done = subprocess.run([sys.executable, "-c", RAY_ALONE, str(start), str(JOB),
+                               str(workers)], cwd=workdir, check=True, capture_output=True,
+                              text=True)
+        result[workers] = json.loads(done.stdout.strip().splitlines()[-1])
+    return RayAlone(started=result[1]["started"], entered=result[1]["entered"],
+                    reentered=result[2]["reentered"])
+
+
 @dataclass(frozen=True)
 class Restart:
     """A worker killed once a checkpoint is in ``run.storage_path``, and what followed."""
@@ -313,6 +384,12 @@ def main() -> None:
     print(f"first iteration: plain {plain_first:.1f} s, submit {warm_first:.1f} s on a warm "
           f"store (+{warm_first - plain_first:.1f} s), {fresh.first:.1f} s on a fresh store "
           f"(+{fresh.first - plain_first:.1f} s)", flush=True)
+    with tempfile.TemporaryDirectory() as alone_dir:
+        alone = ray_alone(Path(alone_dir))
+    print(f"Ray Train alone (embedded Ray, a train function that does nothing): Ray up at "
+          f"{alone.started:.1f} s, the function runs at {alone.entered:.1f} s; submit's first "
+          f"iteration comes {warm_first - alone.entered:.1f} s after that (plain detectron2's "
+          f"whole start: {plain_first:.1f} s)", flush=True)
     if blocked and plain_blocked:
         print(f"blocked per checkpoint: plain {statistics.median(plain_blocked):.2f} s, submit "
               f"{statistics.median(blocked):.2f} s", flush=True)
@@ -332,6 +409,9 @@ def main() -> None:
               f"{restart.saved} in storage) to the next logged training iteration (restored "
               f"from {restart.restored}: {restart.saved - restart.restored} iterations "
               f"replayed); new rank 0: {restart.startup}", flush=True)
+        print(f"Ray Train alone: {alone.reentered:.1f} s from killing a worker to the train "
+              f"function running again (ours: {restart.seconds - alone.reentered:.1f} s more, "
+              "for detectron2's imports, set-up and first iteration)", flush=True)
     print(f"load average at end: {os.getloadavg()[0]:.1f}")
 
 
