@@ -36,6 +36,7 @@ Absolute numbers depend on the machine's load (printed); compare the ratios of o
 from __future__ import annotations
 
 import argparse
+import bisect
 import json
 import os
 import re
@@ -44,7 +45,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,16 +60,66 @@ JOB = REPO / "jobs" / "demo.yaml"
 WARMUP = 5
 SEEDED = ("model.opts=[SEED,7]",)  # same batches in every run
 DEFAULT_LOG_PERIOD = 20
+TICKS = os.sysconf("SC_CLK_TCK")  # the unit of /proc/<pid>/stat's CPU times
 
 
 @dataclass(frozen=True)
 class Timing:
-    """One run: wall s/iter, detectron2's ``time``, blocked s per checkpoint, first iteration."""
+    """One run: wall s/iter, detectron2's ``time``, blocked s per checkpoint, first iteration,
+    CPU s/iter of the training process."""
 
     wall: float
     d2_time: float
     blocked: float | None
     first: float
+    cpu: float
+
+
+class CpuTrace:
+    """CPU seconds (all its threads) of the process that trains, read from /proc every 0.1 s.
+
+    This machine's speed drifts by 15% between runs, which moves wall time; the CPU time that
+    the training process spends per iteration (ours: hooks, writers, Ray's threads in the
+    worker) moves much less, so its ratio shows a small added cost that wall time hides."""
+
+    def __init__(self, find_pid: Callable[[], int | None]) -> None:
+        self.samples: list[tuple[float, float]] = []
+        self._find_pid = find_pid
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> CpuTrace:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        pid = None
+        while not self._stop.wait(0.1):
+            pid = pid or self._find_pid()
+            if pid is None:
+                continue
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:  # it has ended
+                return
+            self.samples.append((time.time(), (int(fields[11]) + int(fields[12])) / TICKS))
+
+    def at(self, when: float) -> float:
+        """CPU seconds used by ``when`` (linear between the two samples around it)."""
+        i = bisect.bisect_left(self.samples, (when, 0.0))
+        last = len(self.samples) - 1
+        (t0, c0), (t1, c1) = self.samples[max(i - 1, 0)], self.samples[min(i, last)]
+        return c0 if t1 == t0 else c0 + (c1 - c0) * (when - t0) / (t1 - t0)
+
+    def per_iteration(self, stamps: dict[int, float]) -> float:
+        """CPU s/iter between the first logged iteration after warm-up and the last one."""
+        steps = sorted(s for s in stamps if s >= WARMUP)
+        first, last = steps[0], steps[-1]
+        return (self.at(stamps[last]) - self.at(stamps[first])) / (last - first)
 
 
 def d2_s_per_iter(metrics_json: Path) -> float:
@@ -116,16 +169,30 @@ def _latest_run(workdir: Path):  # type: ignore[no-untyped-def]
 def run_submit(workdir: Path, iters: int, period: int, workers: int = 1,
                extra: tuple[str, ...] = (), log_period: int = 1) -> Timing:
     start = time.time()
-    subprocess.run(submit_cmd(iters, workers, f"solver.checkpoint_period={period}", *extra,
-                              f"tracking.log_period={log_period}"),
-                   cwd=workdir, check=True, stdout=subprocess.DEVNULL)
+    earlier = set((workdir / ".orchestrator" / "output").glob("*"))
+    with CpuTrace(lambda: _rank0_pid(workdir, earlier)) as trace:
+        subprocess.run(submit_cmd(iters, workers, f"solver.checkpoint_period={period}", *extra,
+                                  f"tracking.log_period={log_period}"),
+                       cwd=workdir, check=True, stdout=subprocess.DEVNULL)
     client, run = _latest_run(workdir)
     history = client.get_metric_history(run.info.run_id, "total_loss")
     stamps = {m.step: m.timestamp / 1000 for m in history}  # taken on the training thread
     output = Path(run.data.params["spec.run.output_dir"]) / f"demo-{run.info.run_id[:8]}"
     wall, blocked = wall_timing(stamps, _iter_period(output), log_period)
     return Timing(wall=wall, d2_time=d2_s_per_iter(output / "metrics.json"), blocked=blocked,
-                  first=_first_iteration_end(stamps, wall) - start)
+                  first=_first_iteration_end(stamps, wall) - start,
+                  cpu=trace.per_iteration(stamps))
+
+
+def _rank0_pid(workdir: Path, earlier: set[Path]) -> int | None:
+    """The pid of this submit's rank 0, from the log of the output folder it made."""
+    for output in set((workdir / ".orchestrator" / "output").glob("*")) - earlier:
+        log = output / "log.txt"
+        found = log.is_file() and re.search(r"rank 0/\d+ \(pid (\d+)\) starts training",
+                                            log.read_text(errors="replace"))
+        if found:
+            return int(found.group(1))
+    return None
 
 
 def _first_iteration_end(stamps: dict[int, float], s_per_iter: float) -> float:
@@ -185,15 +252,19 @@ def run_plain(workdir: Path, iters: int, period: int, device: str = "cpu",
               extra: tuple[str, ...] = (), log_period: int = 1) -> Timing:
     start = time.time()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "-c", PLAIN, str(start), str(JOB), str(iters), str(period),
-                    device, json.dumps(list(extra)), str(log_period)], cwd=workdir, env=env,
-                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([sys.executable, "-c", PLAIN, str(start), str(JOB), str(iters),
+                             str(period), device, json.dumps(list(extra)), str(log_period)],
+                            cwd=workdir, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    with CpuTrace(lambda: proc.pid) as trace:
+        if proc.wait():
+            raise subprocess.CalledProcessError(proc.returncode, "plain detectron2")
     every = {int(k): v for k, v in json.loads((workdir / "stamps.json").read_text()).items()}
     # The same iterations as submit's MLflow stamps: those its writers ran after.
     stamps = {k: v for k, v in every.items() if (k + 1) % log_period == 0 or log_period == 1}
     wall, blocked = wall_timing(stamps, _iter_period(workdir / "out"), log_period)
     return Timing(wall=wall, d2_time=d2_s_per_iter(workdir / "out" / "metrics.json"),
-                  blocked=blocked, first=every[0] - start)
+                  blocked=blocked, first=every[0] - start, cpu=trace.per_iteration(stamps))
 
 
 RAY_ALONE = """
@@ -340,7 +411,8 @@ def steady_state(iters: int, period: int, repeats: int, log_period: int) -> list
             print(f"  plain {plain.wall:.3f} s/iter ({plain.d2_time:.3f}), first iteration "
                   f"{plain.first:.1f} s, blocked {_blocked(plain.blocked)}; submit "
                   f"{ray.wall:.3f} s/iter ({ray.d2_time:.3f}), first iteration {ray.first:.1f} s"
-                  f", blocked {_blocked(ray.blocked)}: ratio {ray.wall / plain.wall:.3f}x",
+                  f", blocked {_blocked(ray.blocked)}: ratio {ray.wall / plain.wall:.3f}x; CPU "
+                  f"{plain.cpu:.3f} and {ray.cpu:.3f} s/iter: {ray.cpu / plain.cpu:.3f}x",
                   flush=True)
     return pairs
 
@@ -380,7 +452,9 @@ def main() -> None:
     plain_blocked = [p.blocked for p, _ in every if p.blocked is not None]
     print(f"ratio submit/plain: {_median_ratio(every, 'wall'):.3f}x s/iter at log_period=1, "
           f"{_median_ratio(default, 'wall'):.3f}x at log_period={DEFAULT_LOG_PERIOD} "
-          f"(median of {args.repeats} pairs each)", flush=True)
+          f"(median of {args.repeats} pairs each); CPU s/iter of the training process: "
+          f"{_median_ratio(every, 'cpu'):.3f}x and {_median_ratio(default, 'cpu'):.3f}x",
+          flush=True)
     print(f"first iteration: plain {plain_first:.1f} s, submit {warm_first:.1f} s on a warm "
           f"store (+{warm_first - plain_first:.1f} s), {fresh.first:.1f} s on a fresh store "
           f"(+{fresh.first - plain_first:.1f} s)", flush=True)
