@@ -8,7 +8,8 @@
    each in its own subprocess with one compute thread (Ray gives a 1-CPU worker
    OMP_NUM_THREADS=1, so the plain run gets the same). The two alternate ``--repeats`` times
    per log period, because this machine's speed drifts by several percent between runs; the
-   ratio printed is the median of the pairs' ratios.
+   ratio printed is the median of the pairs' ratios, for wall s/iter and for the CPU seconds
+   per iteration of the process that trains (``CpuTrace``).
    - ``tracking.log_period=1``: s/iter is the median wall-clock gap between consecutive
      iterations after the first 5 (hooks and writers included), with a checkpoint every
      ``--checkpoint-period``; blocked seconds per checkpoint = how much longer the two gaps
@@ -78,9 +79,9 @@ class Timing:
 class CpuTrace:
     """CPU seconds (all its threads) of the process that trains, read from /proc every 0.1 s.
 
-    This machine's speed drifts by 15% between runs, which moves wall time; the CPU time that
-    the training process spends per iteration (ours: hooks, writers, Ray's threads in the
-    worker) moves much less, so its ratio shows a small added cost that wall time hides."""
+    Per iteration it counts the work done in that process (ours: hooks, writers, Ray's threads
+    in the worker) and not time spent waiting for a core, a second view beside wall time. (On
+    the 2-CPU VM it drifted between runs as much as wall time: the host's speed changes.)"""
 
     def __init__(self, find_pid: Callable[[], int | None]) -> None:
         self.samples: list[tuple[float, float]] = []
