@@ -48,7 +48,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -171,7 +171,8 @@ def run_submit(workdir: Path, iters: int, period: int, workers: int = 1,
                extra: tuple[str, ...] = (), log_period: int = 1) -> Timing:
     start = time.time()
     earlier = set((workdir / ".orchestrator" / "output").glob("*"))
-    with CpuTrace(lambda: _rank0_pid(workdir, earlier)) as trace:
+    rank0 = r"rank 0/\d+ \(pid (\d+)\) starts training"
+    with CpuTrace(lambda: _int(_rank_log_match(workdir, "log.txt", rank0, skip=earlier))) as trace:
         subprocess.run(submit_cmd(iters, workers, f"solver.checkpoint_period={period}", *extra,
                                   f"tracking.log_period={log_period}"),
                        cwd=workdir, check=True, stdout=subprocess.DEVNULL)
@@ -185,15 +186,8 @@ def run_submit(workdir: Path, iters: int, period: int, workers: int = 1,
                   cpu=trace.per_iteration(stamps))
 
 
-def _rank0_pid(workdir: Path, earlier: set[Path]) -> int | None:
-    """The pid of this submit's rank 0, from the log of the output folder it made."""
-    for output in set((workdir / ".orchestrator" / "output").glob("*")) - earlier:
-        log = output / "log.txt"
-        found = log.is_file() and re.search(r"rank 0/\d+ \(pid (\d+)\) starts training",
-                                            log.read_text(errors="replace"))
-        if found:
-            return int(found.group(1))
-    return None
+def _int(text: str | None) -> int | None:
+    return None if text is None else int(text)
 
 
 def _first_iteration_end(stamps: dict[int, float], s_per_iter: float) -> float:
@@ -318,21 +312,22 @@ class RayAlone:
 
     started: float  # command start -> the embedded Ray is up (Ray and torch imported)
     entered: float  # command start -> the train function runs on the 1 worker
-    reentered: float  # 2 workers, rank 1 SIGKILLed -> the train function runs again
+    reentered: float | None  # 2 workers, rank 1 SIGKILLed -> the train function runs again
 
 
-def ray_alone(workdir: Path) -> RayAlone:
+def ray_alone(workdir: Path, restart: bool) -> RayAlone:
     """The same embedded Ray that submit starts (``ray_session``) and Ray Train's own
-    TorchTrainer, with no detectron2, no MLflow and no pre-flight, timed from a fresh process."""
+    TorchTrainer, with no detectron2, no MLflow and no pre-flight, timed from a fresh process;
+    the 2-worker kill only with ``restart``."""
     result = {}
-    for workers in (1, 2):
+    for workers in (1, 2) if restart else (1,):
         start = time.time()
         done = subprocess.run([sys.executable, "-c", RAY_ALONE, str(start), str(JOB),
                                str(workers)], cwd=workdir, check=True, capture_output=True,
                               text=True)
         result[workers] = json.loads(done.stdout.strip().splitlines()[-1])
     return RayAlone(started=result[1]["started"], entered=result[1]["entered"],
-                    reentered=result[2]["reentered"])
+                    reentered=result[2]["reentered"] if restart else None)
 
 
 @dataclass(frozen=True)
@@ -377,9 +372,13 @@ def restart_cost(workdir: Path, iters: int) -> Restart:
                    startup=re.findall(r"worker start-up took .*", log)[-1])
 
 
-def _rank_log_match(workdir: Path, name: str, pattern: str) -> str | None:
+def _rank_log_match(workdir: Path, name: str, pattern: str,
+                    skip: Collection[Path] = ()) -> str | None:
+    """Group 1 of ``pattern`` in a rank log ``name`` of an output folder not in ``skip``."""
     for log in (workdir / ".orchestrator" / "output").glob(f"*/{name}"):
-        found = re.search(pattern, log.read_text())
+        if log.parent in skip:
+            continue
+        found = re.search(pattern, log.read_text(errors="replace"))
         if found:
             return found.group(1)
     return None
@@ -460,7 +459,7 @@ def main() -> None:
           f"store (+{warm_first - plain_first:.1f} s), {fresh.first:.1f} s on a fresh store "
           f"(+{fresh.first - plain_first:.1f} s)", flush=True)
     with tempfile.TemporaryDirectory() as alone_dir:
-        alone = ray_alone(Path(alone_dir))
+        alone = ray_alone(Path(alone_dir), restart=not args.skip_restart)
     print(f"Ray Train alone (embedded Ray, a train function that does nothing): Ray up at "
           f"{alone.started:.1f} s, the function runs at {alone.entered:.1f} s; submit's first "
           f"iteration comes {warm_first - alone.entered:.1f} s after that (plain detectron2's "
@@ -484,6 +483,7 @@ def main() -> None:
               f"{restart.saved} in storage) to the next logged training iteration (restored "
               f"from {restart.restored}: {restart.saved - restart.restored} iterations "
               f"replayed); new rank 0: {restart.startup}", flush=True)
+        assert alone.reentered is not None
         print(f"Ray Train alone: {alone.reentered:.1f} s from killing a worker to the train "
               f"function running again (ours: {restart.seconds - alone.reentered:.1f} s more, "
               "for detectron2's imports, set-up and first iteration)", flush=True)
