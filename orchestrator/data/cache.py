@@ -9,13 +9,17 @@ memory-map it, so their pages are shared through the page cache and a second sub
 files. Large files are parsed in a short-lived child process, whose memory goes back to the OS
 when it exits, so no worker keeps the parser's peak.
 
+Each folder ends with a record of its files' sizes and checksums (``orchestrator.integrity``),
+written last and checked whenever the folder is used: a cut, garbled or half-written entry
+(a full disk, a killed build, a damaged copy) is rebuilt with a warning instead of failing
+every later submit.
+
 ``ORCHESTRATOR_DATA_CACHE`` names the cache folder (default: ``<tmp>/orchestrator-data-cache``,
 one per node); ``off`` turns caching off (detectron2's own loading then).
 """
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import logging
@@ -27,14 +31,15 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch.utils.data
+
+from orchestrator.integrity import file_record, locked, read_record, record_problem, write_record
 
 __all__ = [
     "CacheSource",
@@ -47,9 +52,10 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-FORMAT = 1  # bump when the stored layout or the dicts' content changes
+FORMAT = 2  # bump when the stored layout or the dicts' content changes
 CHILD_PARSE_BYTES = 32 * 2**20  # json files at least this large are parsed in a child process
 _DATA, _ADDR, _META = "data.bin", "addr.npy", "meta.json"
+_RECORD = "complete.json"  # the files' sizes and checksums, written last
 
 
 @dataclass(frozen=True)
@@ -123,6 +129,8 @@ def _write(folder: Path, dicts: Sequence[dict[str, Any]], meta: dict[str, Any]) 
             ends[i] = offset
     np.save(folder / _ADDR, ends)
     (folder / _META).write_text(json.dumps({**meta, "count": len(dicts)}), "utf-8")
+    write_record(folder / _RECORD, {"format": FORMAT,
+                                    "files": file_record(folder, (_DATA, _ADDR, _META))})
 
 
 def _parse(sources: Sequence[CacheSource], filter_empty: bool) -> tuple[list[Any], dict[str, Any]]:
@@ -171,20 +179,38 @@ def _build_in_child(folder: Path, sources: Sequence[CacheSource], filter_empty: 
                            f"{result.stderr[-4000:]}")
 
 
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+def _damage(folder: Path) -> str | None:
+    """Why ``folder`` cannot be used as written (None if it can)."""
+    if not folder.exists():
+        return "absent"
+    record = read_record(folder / _RECORD)
+    if record is None:
+        return f"{_RECORD} is missing or unreadable (an unfinished build)"
+    return record_problem(folder, record.get("files"))
+
+
+def _rebuild(folder: Path, sources: Sequence[CacheSource], filter_empty: bool,
+             child: bool | None) -> None:
+    """Build into a staging folder, then rename it into place (the caller holds the lock, so
+    staging folders left by killed builds are removed too)."""
+    started = time.perf_counter()
+    for stale in folder.parent.glob(f"{folder.name}.building-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    shutil.rmtree(folder, ignore_errors=True)
+    staging = folder.with_name(f"{folder.name}.building-{os.getpid()}")
+    size = sum(os.path.getsize(s.json_file) for s in sources)
+    if child if child is not None else size >= CHILD_PARSE_BYTES:
+        _build_in_child(staging, sources, filter_empty)
+    else:
+        _build(staging, sources, filter_empty)
+    staging.rename(folder)
+    logger.info("dataset cache %s built in %.1f s", folder, time.perf_counter() - started)
 
 
 def cached_dataset(sources: Sequence[CacheSource], *, filter_empty: bool = True,
                    root: Path | None = None, child: bool | None = None) -> SerializedDataset:
-    """The serialized dataset for ``sources``, built here if this node has none yet.
+    """The serialized dataset for ``sources``, built here if this node has none yet (or has
+    a damaged one: cut, garbled or half-written; rebuilt with a warning).
 
     Args:
         root: cache folder (default ``cache_root()``).
@@ -194,20 +220,13 @@ def cached_dataset(sources: Sequence[CacheSource], *, filter_empty: bool = True,
     assert root is not None, "dataset caching is off"
     key = cache_key(sources, filter_empty=filter_empty)
     folder = root / key
-    with _locked(root / f"{key}.lock"):
-        if not (folder / _META).is_file():
-            started = time.perf_counter()
-            staging = root / f"{key}.building-{os.getpid()}"
-            shutil.rmtree(staging, ignore_errors=True)
-            shutil.rmtree(folder, ignore_errors=True)  # an incomplete earlier build
-            size = sum(os.path.getsize(s.json_file) for s in sources)
-            if child if child is not None else size >= CHILD_PARSE_BYTES:
-                _build_in_child(staging, sources, filter_empty)
-            else:
-                _build(staging, sources, filter_empty)
-            staging.rename(folder)
-            logger.info("dataset cache %s built in %.1f s", folder,
-                        time.perf_counter() - started)
+    with locked(root / f"{key}.lock"):
+        damage = _damage(folder)
+        if damage is not None:
+            if damage != "absent":
+                logger.warning("dataset cache %s is damaged (%s): building it again", folder,
+                               damage)
+            _rebuild(folder, sources, filter_empty, child)
     return SerializedDataset(folder)
 
 

@@ -5,6 +5,11 @@ that can be produced offline, in seconds, byte-identically for a given seed, so 
 runs are reproducible and the generated files can be cached and shared between processes.
 
 Pure numpy + Pillow on purpose: generating data must never pull in torch, detectron2 or Ray.
+
+The manifest, written last, records every file's size and checksum; a dataset whose files do
+not match it (cut, garbled, half-copied) is generated again with a warning. ``ensure`` (the
+cache that ``submit`` uses) holds a file lock while it checks and generates, so two processes
+starting at once generate once.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import colorsys
 import errno
 import json
+import logging
 import math
 import os
 import shutil
@@ -24,7 +30,11 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
+from orchestrator.integrity import file_record, locked, record_problem
+
 __all__ = ["CLASSES", "SyntheticDataset", "SyntheticSplit", "ensure", "generate"]
+
+logger = logging.getLogger(__name__)
 
 CLASSES: tuple[str, ...] = ("circle", "square", "triangle", "star")
 
@@ -112,7 +122,8 @@ def generate(
     try:
         staging.chmod(0o755)  # mkdtemp makes it 0700; a shared cache must stay readable
         _write_dataset(staging, params)
-        return _publish(staging, out_dir, params, overwrite=overwrite)
+        # Still there: asked to overwrite it, or ours and damaged (_existing said which).
+        return _publish(staging, out_dir, params, overwrite=os.path.lexists(out_dir))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -120,11 +131,17 @@ def generate(
 def ensure(cache_root: Path, *, num_images: int, size: int, seed: int) -> SyntheticDataset:
     """Return the cached dataset for these parameters, generating it on first use.
 
-    Safe under concurrency: racing processes each build a private copy and the losers of the
-    final rename simply use the winner's copy.
+    Safe under concurrency: a file lock makes racing processes take turns, so one generates
+    and the others find its copy. Anything else in the cache folder (a damaged or
+    half-generated dataset, staging folders of a killed generator) is replaced.
     """
+    cache_root = Path(cache_root)
     name = f"shapes-n{num_images}-s{size}-seed{seed}"
-    return generate(Path(cache_root) / name, num_images=num_images, size=size, seed=seed)
+    with locked(cache_root / f".{name}.lock"):
+        for stale in cache_root.glob(f".{name}.tmp-*"):  # the lock says: nobody writes these
+            shutil.rmtree(stale, ignore_errors=True)
+        return generate(cache_root / name, num_images=num_images, size=size, seed=seed,
+                        overwrite=True)
 
 
 # --------------------------------------------------------------------------- parameters & cache
@@ -162,13 +179,21 @@ def _parameters(
 
 
 def _existing(out_dir: Path, params: dict[str, Any], *, overwrite: bool) -> SyntheticDataset | None:
-    """Reuse a matching dataset; refuse to clobber anything else unless asked to."""
+    """Reuse a matching, intact dataset; None where one must be generated (nothing there, ours
+    but damaged, or another one that ``overwrite`` allows replacing); else refuse to clobber."""
     if not os.path.lexists(out_dir):
         return None
     manifest = _read_manifest(out_dir)
     if manifest is not None and manifest.get("parameters") == params:
-        return _dataset(out_dir, params)
+        damage = record_problem(out_dir, manifest.get("files"))
+        if damage is None:
+            return _dataset(out_dir, params)
+        logger.warning("%s is damaged (%s): generating it again", out_dir, damage)
+        return None
     if overwrite:
+        if manifest is None:
+            logger.warning("%s has no readable manifest.json (a half-generated dataset?): "
+                           "generating it again", out_dir)
         return None
     raise FileExistsError(
         f"{out_dir} exists but was not generated with these parameters {params}; "
@@ -247,7 +272,9 @@ def _write_dataset(root: Path, params: dict[str, Any]) -> None:
     for name, image_rngs in split_rngs.items():
         coco = _write_split(root / name, name, image_rngs, params)
         _write_json(root / "annotations" / f"instances_{name}.json", coco)
-    manifest = {"classes": list(CLASSES), "parameters": params}
+    written = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+    manifest = {"classes": list(CLASSES), "parameters": params,
+                "files": file_record(root, written)}
     _write_json(root / "manifest.json", manifest)
 
 

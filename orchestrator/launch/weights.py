@@ -6,6 +6,11 @@ trains from (mostly) random weights without an error. Here the same matching dec
 nothing matching, or shapes that differ outside the class-count-dependent heads, is an error;
 missing or unused keys and class-head shape differences (normal when fine-tuning on another
 dataset, and skipped by detectron2) are notes, worded as detectron2 words them.
+
+A weights URL is downloaded once per machine into iopath's cache, and trusted from then on:
+``check_download`` reads a cached file once and records its size and checksum beside it
+(``.<name>.record.json``), checks it against that record later, and removes a cut or garbled
+file so that detectron2 downloads it again.
 """
 
 from __future__ import annotations
@@ -17,8 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import InputError
+from orchestrator.integrity import file_record, read_record, record_problem, write_record
 
-__all__ = ["Checkpoint", "WeightsReport", "read_weights", "compare_weights"]
+__all__ = ["Checkpoint", "WeightsReport", "read_weights", "compare_weights", "check_download"]
 
 MAX_LISTED = 5
 
@@ -149,3 +155,28 @@ def compare_weights(model: Any, checkpoint: Checkpoint, *,
     report.notes.insert(0, f"{loaded} of the model's {len(model_state)} weights load from the "
                            "checkpoint")
     return report
+
+
+def _download_problem(path: Path, record_path: Path) -> str | None:
+    record = read_record(record_path)
+    if record is not None:
+        return record_problem(path.parent, {path.name: record})
+    try:  # not read since it was downloaded: read it whole once, then record it
+        read_weights(path)
+    except InputError as exc:
+        return str(exc).rsplit("(", 1)[-1].rstrip(")")
+    write_record(record_path, file_record(path.parent, [path.name])[path.name])
+    return None
+
+
+def check_download(path: Path) -> str | None:
+    """Check a cached download of a weights URL; remove it if it is damaged (detectron2 then
+    downloads it again) and return a warning saying so, else None."""
+    record_path = path.with_name(f".{path.name}.record.json")
+    problem = _download_problem(path, record_path)
+    if problem is None:
+        return None
+    path.unlink(missing_ok=True)
+    record_path.unlink(missing_ok=True)
+    return (f"the cached download {path} was damaged ({problem}); removed, it is "
+            "downloaded again")

@@ -142,3 +142,42 @@ def test_parsing_leaves_detectron2s_catalog_as_it_was(tmp_path: Path) -> None:
     assert first.meta["thing_classes"] == ["a", "b", "c"]
     assert second.meta["thing_classes"] == ["class-1", "class-3", "class-7"]
     assert set(MetadataCatalog.list()) == before
+
+
+def _cut(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _garble(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size, one byte different
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(("name", "damage"), [("data.bin", _cut), ("data.bin", _garble),
+                                              ("addr.npy", _cut), ("meta.json", _garble),
+                                              ("complete.json", _cut)])
+def test_a_damaged_entry_is_rebuilt_with_a_warning(
+        coco: CacheSource, tmp_path: Path, caplog: pytest.LogCaptureFixture, name: str,
+        damage: object) -> None:
+    root = tmp_path / "cache"
+    first = cached_dataset([coco], root=root)
+    expected = [first[i] for i in range(len(first))]
+    del first  # unmap before the file changes under it
+    damage(next(root.glob("*/" + name)))  # type: ignore[operator]
+    with caplog.at_level("WARNING", logger="orchestrator.data.cache"):
+        again = cached_dataset([coco], root=root)
+    assert "damaged" in caplog.text and name in caplog.text
+    assert [again[i] for i in range(len(again))] == expected
+
+
+def test_a_build_killed_halfway_is_rebuilt_and_its_leftovers_removed(
+        coco: CacheSource, tmp_path: Path) -> None:
+    root = tmp_path / "cache"
+    folder = root / cache_key([coco], filter_empty=True)
+    (root / f"{folder.name}.building-999999").mkdir(parents=True)  # a killed build's staging
+    folder.mkdir()
+    (folder / "data.bin").write_bytes(b"\x80\x05partial")  # a half-written entry, no record
+    dataset = cached_dataset([coco], root=root)
+    assert len(dataset) == len(reference_dicts(coco, "cache_reference_300"))
+    assert sorted(p.name for p in root.iterdir()) == [folder.name, f"{folder.name}.lock"]

@@ -151,7 +151,8 @@ def test_ensure_reuses_cache(tmp_path: Path) -> None:
     after = {name: p.stat().st_mtime_ns for name, p in _files(second.root).items()}
     assert second == first
     assert after == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["shapes-n6-s64-seed2"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".shapes-n6-s64-seed2.lock",
+                                                          "shapes-n6-s64-seed2"]
 
 
 def test_lost_rename_race_uses_winner(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -254,3 +255,38 @@ def test_failed_overwrite_keeps_old_dataset(
         generate(out, **{**SMALL, "seed": 9}, overwrite=True)
     assert {name: p.read_bytes() for name, p in _files(out).items()} == before
     assert [p.name for p in tmp_path.iterdir()] == ["ds"]
+
+
+def _cut(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _garble(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(("relative", "damage"), [
+    ("train/000001.png", _cut), ("annotations/instances_train.json", _garble),
+    ("val/000001.png", Path.unlink), ("manifest.json", _cut)])
+def test_ensure_regenerates_a_damaged_dataset_with_a_warning(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, relative: str, damage: object) -> None:
+    first = ensure(tmp_path, num_images=6, size=64, seed=2)
+    intact = {name: p.read_bytes() for name, p in _files(first.root).items()}
+    damage(first.root / relative)  # type: ignore[operator]
+    with caplog.at_level("WARNING", logger="orchestrator.data.synth"):
+        again = ensure(tmp_path, num_images=6, size=64, seed=2)
+    assert str(first.root) in caplog.text and "generating it again" in caplog.text
+    assert {name: p.read_bytes() for name, p in _files(again.root).items()} == intact
+
+
+def test_ensure_replaces_a_half_generated_dataset_and_stale_staging(tmp_path: Path) -> None:
+    (tmp_path / ".shapes-n6-s64-seed2.tmp-killed").mkdir()  # a killed generator's staging
+    half = tmp_path / "shapes-n6-s64-seed2"
+    (half / "train").mkdir(parents=True)  # e.g. a copy cut short: images, no manifest
+    (half / "train" / "000001.png").write_bytes(b"\x89PNG")
+    made = ensure(tmp_path, num_images=6, size=64, seed=2)
+    assert json.loads((made.root / "manifest.json").read_text())["files"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".shapes-n6-s64-seed2.lock",
+                                                          "shapes-n6-s64-seed2"]
