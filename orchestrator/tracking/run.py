@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from orchestrator.errors import InputError, JobFailedError
+from orchestrator.errors import InputError, JobFailedError, strip_sql
 from orchestrator.secrets import make_private, redact_urls
 
 __all__ = [
@@ -92,19 +92,18 @@ class RunTracker:
                tags: dict[str, str]) -> RunTracker:
         """Create (or reuse) the experiment and start a RUNNING run in it."""
         from mlflow.exceptions import MlflowException
-        from mlflow.tracking import MlflowClient
+
+        from orchestrator.tracking.store import experiment_id, open_store
 
         os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
         _no_printed_links()
-        client = MlflowClient(tracking_uri=tracking_uri)
+        client = open_store(tracking_uri)
         try:
-            found = client.get_experiment_by_name(experiment)
-            exp_id = found.experiment_id if found else client.create_experiment(
-                experiment, artifact_location=_artifact_root(tracking_uri))
+            exp_id = experiment_id(client, tracking_uri, experiment, _artifact_root(tracking_uri))
             run = client.create_run(exp_id, run_name=run_name, tags=tags)
         except MlflowException as exc:
             raise JobFailedError(redact_urls(f"MLflow at {tracking_uri}: cannot create the run: "
-                                             f"{exc}")) from None
+                                             f"{strip_sql(exc)}")) from None
         make_private(*_local_store(tracking_uri))  # a store made before runs were kept private
         return cls(tracking_uri=tracking_uri, run_id=run.info.run_id, experiment_id=exp_id)
 
@@ -112,10 +111,11 @@ class RunTracker:
     def reopen(cls, *, tracking_uri: str, run_id: str) -> RunTracker:
         """An existing run, set RUNNING again (``submit --resume``)."""
         from mlflow.exceptions import MlflowException
-        from mlflow.tracking import MlflowClient
+
+        from orchestrator.tracking.store import open_store
 
         _no_printed_links()
-        client = MlflowClient(tracking_uri=tracking_uri)
+        client = open_store(tracking_uri)
         try:
             run = client.get_run(run_id)
         except MlflowException:
