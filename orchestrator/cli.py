@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.text import Text
 
 from orchestrator import __version__
-from orchestrator.errors import InputError, OrchestratorError
+from orchestrator.errors import InputError, OrchestratorError, disk_reason, strip_sql
 from orchestrator.launch.signals import EXIT_INTERRUPTED, RunInterrupted, raise_interrupt
 from orchestrator.secrets import private_files, redact_assignment, redact_override, redact_urls
 
@@ -58,7 +58,8 @@ def _exits(func: F) -> F:
             if exc.exit_code == EXIT_INTERRUPTED:  # not an error: the user stopped it
                 err_console.print(redact_urls(str(exc)), style="yellow", highlight=False)
             else:
-                _error(str(exc))
+                _error(strip_sql(exc))
+                _disk_hint(exc)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             err_console.print("interrupted", style="yellow")
@@ -68,10 +69,21 @@ def _exits(func: F) -> F:
         except Exception as exc:  # a bug, or an argument nothing checked: one line, no trace
             if _tracebacks["on"] or kwargs.get("verbose"):
                 raise
-            _error(f"unexpected {type(exc).__name__}: {exc} (rerun with -v for the traceback)")
+            _error(f"unexpected {type(exc).__name__}: {strip_sql(exc)} (rerun with -v for the "
+                   "traceback)")
+            _disk_hint(exc)
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _disk_hint(exc: BaseException) -> None:
+    """A full disk (or quota, or read-only file system) behind a failure is told last, where
+    it is seen, however long the message above it (a worker's traceback, say)."""
+    reason = disk_reason(exc)
+    if reason:
+        _error(f"{reason}; free space where the job writes (the working folder, "
+               "run.output_dir, run.storage_path, the tracking store) and run it again")
 
 
 def _private(func: F) -> F:
@@ -231,7 +243,9 @@ def validate(
     paths: Annotated[list[Path] | None, typer.Argument(
         help="Spec files or folders (searched recursively). Default: jobs/.")] = None,
 ) -> None:
-    """Check job specs (every *.yaml under jobs/ by default); exit 2 if any is invalid."""
+    """Check job specs (every *.yaml under jobs/ by default) as --dry-run would, offline and
+    writing nothing; exit 2 if any is invalid."""
+    from orchestrator.launch.preflight import check_offline
     from orchestrator.spec import find_specs, load_spec
 
     files = find_specs(paths or [Path("jobs")])
@@ -240,8 +254,9 @@ def validate(
     failures = 0
     for path in files:
         try:
-            load_spec(path)
-            console.print(Text.assemble(("ok", "green"), f"      {path}"), highlight=False)
+            note = check_offline(load_spec(path))
+            console.print(Text.assemble(("ok", "green"), f"      {path}",
+                                        f" ({note})" if note else ""), highlight=False)
         except InputError as exc:
             failures += 1
             err_console.print(Text.assemble(("invalid", "red"), f" {exc}"), highlight=False)

@@ -18,7 +18,11 @@ from dataclasses import asdict, dataclass
 from orchestrator.errors import InputError
 from orchestrator.spec import JobSpec
 
-__all__ = ["ScalingPlan", "make_plan", "replan"]
+__all__ = ["ImageCountUnknown", "ScalingPlan", "make_plan", "replan"]
+
+
+class ImageCountUnknown(InputError):
+    """An epoch schedule for data that cannot be counted here (yet)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -84,7 +88,7 @@ def _schedule(spec: JobSpec, batch: int, usable: int | None) -> tuple[int, int |
         per_epoch = math.ceil(usable / batch) if usable else None
         return max(1, _rescale(solver.max_iter, scale)), per_epoch
     if usable is None:
-        raise InputError(
+        raise ImageCountUnknown(
             "solver.epochs needs the number of usable training images, which is unknown for "
             "this dataset: give solver.max_iter instead, or a dataset json that can be counted"
         )

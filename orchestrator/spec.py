@@ -56,9 +56,11 @@ DEFAULT_MAX_WORKERS = 256
 
 
 class _Strict(BaseModel):
-    """Unknown keys are errors; assignments are validated too."""
+    """Unknown keys are errors; assignments are validated too; every float is finite (inf and
+    nan are refused: no rate, threshold or period is infinite). Subclasses' configs add to
+    this one (pydantic merges them)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class ModelSpec(_Strict):

@@ -30,8 +30,9 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from orchestrator.launch.submit import Prepared
+    from orchestrator.spec import JobSpec
 
-__all__ = ["Check", "CHECKS", "Context", "run_checks", "PROBE_TIMEOUT_S"]
+__all__ = ["Check", "CHECKS", "Context", "run_checks", "check_offline", "PROBE_TIMEOUT_S"]
 
 Stage = Literal["plan", "launch"]
 # Each network probe gives up after this long: an offline machine answers in seconds.
@@ -91,6 +92,26 @@ def run_checks(prepared: Prepared, stage: Stage, *,
         for note in ctx.notes:  # Text: a note's brackets are shown, never read as markup
             console.print(Text.assemble(("pre-flight:", "yellow"), " ", note))
     return timings
+
+
+def check_offline(spec: JobSpec) -> str | None:
+    """Everything ``submit --dry-run`` refuses that can be known offline, writing nothing
+    (``orchestrator validate``): model.config against model.arch, env_from, the scaling plan
+    (steps against max_iter, ...) and the ``plan`` checks, for each child of a sweep.
+
+    Returns a note when an epoch schedule waits for data that is not here to count."""
+    from orchestrator.launch.submit import prepare
+    from orchestrator.plan import ImageCountUnknown
+    from orchestrator.spec import expand_sweep
+
+    children = [child for _, child in expand_sweep(spec)] if spec.sweep else [spec]
+    for child in children:
+        try:
+            prepared = prepare(child, strict=False, generate=False)
+        except ImageCountUnknown:
+            return "schedule not checked: solver.epochs needs the data's image count"
+        run_checks(prepared, "plan")
+    return None
 
 
 # --------------------------------------------------------------------------- plan stage
@@ -263,10 +284,20 @@ def _cached_download(url: str) -> Path | None:
 
 @_check("weights URL reachable", "model.weights (http/https/detectron2://)", "launch")
 def check_weights_url(ctx: Context) -> None:
+    """A cached download is checked (a damaged one removed, to be downloaded again); without
+    one, the URL must answer."""
+    from orchestrator.launch.weights import check_download
+
     weights = ctx.prepared.spec.model.weights
     url = _weights_url(weights)
-    if url is None or _cached_download(url) is not None:
+    if url is None:
         return
+    cached = _cached_download(url)
+    if cached is not None:
+        damaged = check_download(cached)
+        if damaged is None:
+            return
+        ctx.notes.append(f"model.weights: {damaged}")
     problem = _probe(url, method="HEAD")
     if problem:
         raise InputError(f"model.weights: {redact_urls(weights)} cannot be downloaded from "

@@ -21,7 +21,7 @@ from orchestrator.errors import InputError, JobFailedError
 from orchestrator.job import WorkerJob
 from orchestrator.launch.signals import INTERRUPTS, RunInterrupted, restored_handlers, shielded
 from orchestrator.models import PROJECT_ROOT, SUPPORTED_ARCHS, resolve_model_config
-from orchestrator.models.preflight import check_trainable
+from orchestrator.models.preflight import check_model_config
 from orchestrator.plan import ScalingPlan, make_plan
 from orchestrator.secrets import make_private, redact_urls, worker_env
 from orchestrator.spec import JobSpec
@@ -73,19 +73,22 @@ def _absolute(spec: JobSpec, workdir: Path) -> JobSpec:
     })
 
 
-def prepare(spec: JobSpec, *, workdir: Path | None = None, strict: bool = True) -> Prepared:
-    """Everything short of starting Ray; raises InputError naming what is wrong."""
+def prepare(spec: JobSpec, *, workdir: Path | None = None, strict: bool = True,
+            generate: bool = True) -> Prepared:
+    """Everything short of starting Ray; raises InputError naming what is wrong.
+    ``generate=False`` (``validate``) writes nothing: no synthetic data, no folders."""
     workdir = (workdir or Path.cwd()).resolve()
     if spec.model.arch not in SUPPORTED_ARCHS:
         raise InputError(f"model.arch: '{spec.model.arch}' is not available yet "
                          f"(available: {', '.join(sorted(SUPPORTED_ARCHS))})")
     config_file = resolve_model_config(spec.model.config, workdir)
-    check_trainable(config_file, list(spec.model.opts))
+    check_model_config(config_file, spec.model.arch, list(spec.model.opts))
     worker_env(spec.run.env, spec.run.env_from)  # a missing env_from variable is bad input
     spec = _absolute(spec, workdir)
-    _private_dir(workdir / ".orchestrator")
+    if generate:
+        _private_dir(workdir / ".orchestrator")
     data = resolve_data(spec, cache_root=workdir / ".orchestrator" / "datasets", base=workdir,
-                        strict=strict)
+                        strict=strict, generate=generate)
     return Prepared(spec=spec, data=data, plan=make_plan(spec, data.usable_images),
                     config_file=config_file)
 

@@ -12,10 +12,13 @@ from pathlib import Path
 
 from orchestrator.errors import InputError
 
-__all__ = ["SUPPORTED_ARCHS", "PROJECT_ROOT", "resolve_model_config"]
+__all__ = ["SUPPORTED_ARCHS", "META_ARCHITECTURES", "PROJECT_ROOT", "resolve_model_config"]
 
+# model.arch -> the MODEL.META_ARCHITECTURE its configs build (detectron2's registry name).
+META_ARCHITECTURES: dict[str, str] = {"mask_rcnn": "GeneralizedRCNN", "blendmask": "BlendMask",
+                                      "condinst": "CondInst"}
 # Architectures a worker can build (each trains end to end through `orchestrator submit`).
-SUPPORTED_ARCHS: frozenset[str] = frozenset({"mask_rcnn", "blendmask", "condinst"})
+SUPPORTED_ARCHS: frozenset[str] = frozenset(META_ARCHITECTURES)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 

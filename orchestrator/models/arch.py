@@ -14,6 +14,7 @@ from detectron2.config import CfgNode
 
 # Importing the model modules registers FCOS, CondInst, BlendMask and the FCOS backbones with
 # detectron2's registries; this module is only imported by code that builds models.
+from orchestrator.models import META_ARCHITECTURES
 from orchestrator.models import backbone as _backbone  # noqa: F401
 from orchestrator.models import bifpn as _bifpn  # noqa: F401
 from orchestrator.models import blendmask as _blendmask  # noqa: F401
@@ -42,13 +43,13 @@ class ArchSupport:
 
 ARCHS: dict[str, ArchSupport] = {
     "mask_rcnn": ArchSupport(
-        meta_architecture="GeneralizedRCNN",
+        meta_architecture=META_ARCHITECTURES["mask_rcnn"],
         add_config=None,
         num_classes_keys=("MODEL.ROI_HEADS.NUM_CLASSES",),
         score_thresh_keys=("MODEL.ROI_HEADS.SCORE_THRESH_TEST",),
     ),
     "blendmask": ArchSupport(
-        meta_architecture="BlendMask",
+        meta_architecture=META_ARCHITECTURES["blendmask"],
         add_config=add_blendmask_config,
         num_classes_keys=("MODEL.FCOS.NUM_CLASSES", "MODEL.BASIS_MODULE.NUM_CLASSES"),
         score_thresh_keys=("MODEL.FCOS.INFERENCE_TH_TEST",),
@@ -56,7 +57,7 @@ ARCHS: dict[str, ArchSupport] = {
         train_mapper=DatasetMapperWithBasis,
     ),
     "condinst": ArchSupport(
-        meta_architecture="CondInst",
+        meta_architecture=META_ARCHITECTURES["condinst"],
         add_config=add_condinst_config,
         num_classes_keys=("MODEL.FCOS.NUM_CLASSES",),
         score_thresh_keys=("MODEL.FCOS.INFERENCE_TH_TEST",),

@@ -13,9 +13,11 @@ import yaml
 
 from orchestrator.errors import InputError
 
-__all__ = ["config_value", "check_trainable"]
+__all__ = ["config_value", "check_trainable", "check_arch", "check_model_config"]
 
 PANOPTIC_KEY = "MODEL.PANOPTIC_FPN.COMBINE.ENABLED"
+META_KEY = "MODEL.META_ARCHITECTURE"
+D2_DEFAULT_META = "GeneralizedRCNN"  # detectron2's default, for configs that set none
 
 
 def _lookup(node: Any, dotted: str) -> tuple[bool, Any]:
@@ -58,3 +60,24 @@ def check_trainable(config_file: Path, opts: list[Any] | None = None) -> None:
             f"({PANOPTIC_KEY} is True); the Panoptic/ configs build and load the published "
             "checkpoints, use a non-panoptic config (e.g. configs/blendmask/R_50_3x.yaml) to "
             "train")
+
+
+def check_arch(config_file: Path, arch: str, opts: list[Any] | None = None) -> None:
+    """``model.arch`` must name the model the config builds: otherwise the arch's extra config
+    keys, class-count keys and data mapper would be applied to another model."""
+    from orchestrator.models import META_ARCHITECTURES
+
+    builds = config_value(config_file, META_KEY, opts) or D2_DEFAULT_META
+    expected = META_ARCHITECTURES.get(arch)
+    if expected is not None and builds != expected:
+        fits = [a for a, meta in META_ARCHITECTURES.items() if meta == builds]
+        fix = (f"set model.arch: {fits[0]}" if fits else
+               f"use a config that builds {expected}")
+        raise InputError(f"model.arch: '{arch}' builds {expected}, but model.config "
+                         f"{config_file} builds {META_KEY} {builds}; {fix}")
+
+
+def check_model_config(config_file: Path, arch: str, opts: list[Any] | None = None) -> None:
+    """Every offline check of ``model.config`` against the spec."""
+    check_arch(config_file, arch, opts)
+    check_trainable(config_file, opts)
