@@ -12,6 +12,7 @@ Ctrl-C. ``ray stop`` is never used: it would kill every Ray on the machine.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -26,9 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import InputError, JobFailedError
+from orchestrator.integrity import locked
 
-__all__ = ["ClusterProcess", "LocalCluster", "free_port", "node_processes", "read_state",
-           "serve", "stop_from_state"]
+__all__ = ["ClusterProcess", "LocalCluster", "check_arguments", "free_port", "kill_node",
+           "node_processes", "read_state", "serve", "stop_from_state"]
 
 LOCALHOST = "127.0.0.1"
 # For the nodes and every process that joins them: quiet, no token auth (the cluster listens
@@ -47,7 +49,8 @@ def free_port() -> int:
 
 
 def _proc_table() -> dict[int, int]:
-    """pid -> parent pid for every process, from /proc."""
+    """pid -> parent pid for every living process, from /proc (zombies, killed but not yet
+    reaped by their parent, are dead)."""
     table: dict[int, int] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -55,7 +58,9 @@ def _proc_table() -> dict[int, int]:
                 stat = (entry / "stat").read_text()
             except OSError:
                 continue
-            table[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+            state, parent = stat.rsplit(")", 1)[1].split()[:2]
+            if state != "Z":
+                table[int(entry.name)] = int(parent)
     return table
 
 
@@ -68,6 +73,16 @@ def node_processes(pids: list[int]) -> list[int]:
         if not children:
             return sorted(found)
         found |= children
+
+
+def check_arguments(nodes: int, cpus_per_node: float) -> None:
+    """Refuse a cluster Ray would start and never use (no CPU to place a task on), or never
+    start, before any process exists."""
+    if nodes < 1:
+        raise InputError(f"--nodes: {nodes} is not a node count (1 or more)")
+    if not (math.isfinite(cpus_per_node) and cpus_per_node >= 1):
+        raise InputError(f"--cpus-per-node: {cpus_per_node:g} CPUs cannot run a worker; give "
+                         "1 or more")
 
 
 def _signal_all(pids: list[int], sig: int) -> None:
@@ -129,8 +144,7 @@ class LocalCluster:
         return str(self._cluster.gcs_address)
 
     def start(self, nodes: int) -> LocalCluster:
-        if nodes < 1:
-            raise InputError(f"--nodes: {nodes} is not a node count (1 or more)")
+        check_arguments(nodes, self.cpus_per_node)
         from ray.cluster_utils import Cluster
 
         os.environ.update(NODE_ENV)  # before Ray reads its constants
@@ -185,11 +199,47 @@ class LocalCluster:
         shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
+def _lock(path: Path) -> Path:
+    return path.with_name(f".{path.name}.lock")
+
+
 def _write_state(path: Path, state: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(state, indent=2), encoding="utf-8")
     tmp.replace(path)
+
+
+def _update_state(path: Path, state: dict[str, Any]) -> None:
+    """The supervisor's new state, keeping the nodes that ``kill_node`` marked killed."""
+    with locked(_lock(path)):
+        killed = set()
+        if path.exists():
+            killed = {n["name"] for n in read_state(path)["nodes"] if n.get("killed")}
+        for node in state["nodes"]:
+            if node["name"] in killed:
+                node["killed"] = True
+        _write_state(path, state)
+
+
+def kill_node(path: Path, name: str) -> int:
+    """SIGKILL every process of node ``name`` at once (a machine lost) and mark it killed in
+    the state file; returns how many processes. A node killed already is bad input."""
+    with locked(_lock(path)):
+        state = read_state(path)
+        nodes = {n["name"]: n for n in state["nodes"]}
+        if name not in nodes:
+            raise InputError(f"{name}: no such node (nodes: {', '.join(nodes)})")
+        alive = [n for n, node in nodes.items() if not node.get("killed")]
+        pids = node_processes(nodes[name]["pids"])
+        if nodes[name].get("killed") or not pids:
+            nodes[name]["killed"] = True
+            _write_state(path, state)
+            raise InputError(f"{name}: killed already (nodes up: {', '.join(alive) or 'none'})")
+        _signal_all(pids, signal.SIGKILL)
+        nodes[name]["killed"] = True
+        _write_state(path, state)
+    return len(pids)
 
 
 def serve(nodes: int, *, cpus_per_node: float, state_path: Path,
@@ -206,14 +256,14 @@ def serve(nodes: int, *, cpus_per_node: float, state_path: Path,
     signal.signal(signal.SIGUSR1, lambda signum, frame: added.append(signum))
     try:
         cluster.start(nodes)
-        _write_state(state_path, cluster.state())
+        _update_state(state_path, cluster.state())
         if on_ready:
             on_ready(cluster)
         while True:
             if added:
                 added.clear()
                 cluster.add_node()
-                _write_state(state_path, cluster.state())
+                _update_state(state_path, cluster.state())
             time.sleep(0.2)
     except KeyboardInterrupt:
         pass
@@ -221,6 +271,7 @@ def serve(nodes: int, *, cpus_per_node: float, state_path: Path,
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not orphan nodes
         state_path.unlink(missing_ok=True)
+        _lock(state_path).unlink(missing_ok=True)
         cluster.stop()
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
@@ -269,7 +320,10 @@ class ClusterProcess:
     @classmethod
     def start(cls, nodes: int, *, cpus_per_node: float = 1, state_path: Path,
               log_path: Path | None = None, timeout: float = 180) -> ClusterProcess:
+        check_arguments(nodes, cpus_per_node)
         env = {**os.environ, **NODE_ENV}
+        if log_path:  # e.g. .orchestrator/ in a folder that has none yet
+            log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
         cmd = [sys.executable, "-m", "orchestrator", "cluster", "up", f"--nodes={nodes}",
                f"--cpus-per-node={cpus_per_node:g}", f"--state={state_path}"]
