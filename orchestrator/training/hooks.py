@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -25,6 +26,7 @@ __all__ = [
     "ArtifactHook",
     "RayCheckpointHook",
     "progress_record",
+    "evaluation_json",
     "restore_from_ray",
     "load_checkpoint",
 ]
@@ -73,6 +75,25 @@ class ProgressWriter(EventWriter):
         self._sender.flush()
 
 
+def _finite(value: Any) -> Any:
+    """``value`` with every number a finite float or int, and NaN/inf as None."""
+    if isinstance(value, dict):
+        return {str(k): _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    if value is None or isinstance(value, str | bool | int):
+        return value
+    number = float(value)  # numpy and torch scalars too
+    return number if math.isfinite(number) else None
+
+
+def evaluation_json(results: Any) -> str:
+    """detectron2's evaluation results as strict JSON: an AP that is NaN (a class without
+    ground truth in the test set) is ``null``, since a bare ``NaN`` is not JSON and breaks
+    every reader but Python's."""
+    return json.dumps(_finite(results), indent=2, allow_nan=False)
+
+
 class ArtifactHook(HookBase):
     """After training, rank 0 sends config, class names, metrics, evaluation results and the
     final checkpoint to the MLflow run."""
@@ -106,7 +127,7 @@ class ArtifactHook(HookBase):
         results = getattr(self.trainer, "_last_eval_results", None)
         if results:
             path = self._output / "evaluation.json"
-            path.write_text(json.dumps(results, indent=2, default=float), encoding="utf-8")
+            path.write_text(evaluation_json(results), encoding="utf-8")
             self._log(client, path)
         for name in ("config.yaml", "metrics.json"):
             self._log(client, self._output / name)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -45,6 +46,9 @@ def test_two_workers_train_and_mlflow_records_everything(workdir: Path) -> None:
     for name in ("job.yaml", "config.yaml", "metrics.json", "evaluation.json",
                  "checkpoints/model_final.pth"):
         assert (artifacts / name).is_file(), name
+    evaluation = (artifacts / "evaluation.json").read_text()
+    assert "NaN" not in evaluation and "Infinity" not in evaluation
+    assert "segm" in json.loads(evaluation)
     assert "segm/AP" in result.output
     assert "system/memory_gb" in run.data.metrics
     worker_log = next((workdir / ".orchestrator" / "output").glob("*/log.txt.rank1")).read_text()
