@@ -2,6 +2,8 @@
 
 One ``mlflow server`` worker on 127.0.0.1 (ready in ~10 s, ~550 MB, FACTS section 7), with the
 same sqlite store and ``./mlruns`` artifact root that ``submit`` and ``runs import`` write.
+Its log goes beside them too, in ``.orchestrator/ui-<port>.log`` (not the temporary folder,
+which the system clears and where nobody looks).
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.parse
@@ -23,7 +24,7 @@ from pathlib import Path
 from orchestrator.errors import InputError, JobFailedError
 from orchestrator.tracking.run import _artifact_root
 
-__all__ = ["UiServer", "start_ui", "compare_url", "port_is_free"]
+__all__ = ["UiServer", "start_ui", "ui_log_path", "compare_url", "port_is_free"]
 
 
 @dataclass
@@ -88,6 +89,14 @@ def port_is_free(host: str, port: int) -> bool:
     return True
 
 
+def ui_log_path(tracking_uri: str, port: int) -> Path:
+    """``.orchestrator/ui-<port>.log`` beside a sqlite store's database (where its artifacts
+    are), else in the working folder."""
+    home = (Path(tracking_uri.removeprefix("sqlite:///")).parent
+            if tracking_uri.startswith("sqlite:///") else Path.cwd())
+    return (home / ".orchestrator" / f"ui-{port}.log").resolve()
+
+
 def start_ui(tracking_uri: str, *, port: int = 5000, host: str = "127.0.0.1",
              log_path: Path | None = None) -> UiServer:
     """Start ``mlflow server`` from this environment on ``host:port``; does not wait."""
@@ -98,7 +107,8 @@ def start_ui(tracking_uri: str, *, port: int = 5000, host: str = "127.0.0.1",
     if not mlflow.exists():
         raise InputError(f"{mlflow} not found: install mlflow into this environment (make env)")
     artifacts = _artifact_root(tracking_uri) or (Path.cwd() / "mlruns").resolve().as_uri()
-    log_path = log_path or Path(tempfile.mkstemp(prefix="orchestrator-ui-", suffix=".log")[1])
+    log_path = log_path or ui_log_path(tracking_uri, port)
+    log_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     command = [str(mlflow), "server", "--workers", "1", "--host", host, "--port", str(port),
                "--backend-store-uri", tracking_uri, "--default-artifact-root", artifacts]
     with log_path.open("wb") as log:

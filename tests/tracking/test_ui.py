@@ -65,3 +65,19 @@ def test_compare_page_shows_our_runs_and_an_imported_one(populated: Populated,
     assert "Comparing 3 Runs" in dom
     for text in ("w2", "w4", "detectron2_mask_rcnn_R_50_FPN_1x", "bbox/AP", "total_loss"):
         assert re.search(rf">\s*{re.escape(text)}\s*<", dom), f"{text} not shown on {url}"
+
+
+def test_the_log_goes_beside_the_store_not_the_temporary_folder(tmp_path: Path) -> None:
+    import tempfile
+
+    before = set(Path(tempfile.gettempdir()).glob("orchestrator-ui-*"))
+    store = tmp_path / "project"
+    store.mkdir()
+    port = free_port()
+    server = start_ui(f"sqlite:///{store / 'mlflow.db'}", port=port)
+    try:
+        assert server.log_path == store / ".orchestrator" / f"ui-{port}.log"
+        assert server.log_path.is_file()
+    finally:
+        server.stop()
+    assert set(Path(tempfile.gettempdir()).glob("orchestrator-ui-*")) == before
