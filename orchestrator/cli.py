@@ -35,7 +35,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-data_app = typer.Typer(help="Datasets: generate the synthetic shapes set.", no_args_is_help=True)
+data_app = typer.Typer(help="Datasets: synth generates the synthetic shapes set; check checks a "
+                       "COCO dataset against its images (--fix writes a corrected copy).",
+                       no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
 # Markup off: messages carry user text ("[min, max]", paths, losses) that Rich would otherwise
@@ -556,21 +558,21 @@ _CLUSTER_STATE = Path(".orchestrator/local-cluster.json")
 @_exits
 def cluster_up(
     nodes: Annotated[int, typer.Option(help="Ray nodes: the head plus NODES-1 workers.")] = 2,
-    cpus_per_node: Annotated[float, typer.Option(help="CPUs each node offers.")] = 1,
+    cpus_per_node: Annotated[float, typer.Option(help="CPUs each node offers (1 or more).")]
+    = 1,
     detach: Annotated[bool, typer.Option(
         "--detach", help="Return once it is up; stop it with `cluster down`. Default: run "
         "until Ctrl-C.")] = False,
     state: ClusterState = _CLUSTER_STATE,
 ) -> None:
     """Start a head and NODES-1 worker nodes (own raylets, ports, CPUs) on 127.0.0.1."""
-    from orchestrator.launch.local_cluster import ClusterProcess, read_state, serve
+    from orchestrator.launch.local_cluster import ClusterProcess, check_arguments, read_state, serve
 
+    check_arguments(nodes, cpus_per_node)
     if state.exists():
         raise InputError(f"--state {state}: a local cluster is recorded there already "
                          f"(at {read_state(state)['address']}); `orchestrator cluster down` "
                          "first, or pass another --state")
-    if nodes < 1:
-        raise InputError(f"--nodes: {nodes} is not a node count (1 or more)")
 
     def ready(address: str, gcs: str) -> None:
         console.print(f"{nodes} Ray node(s) up on 127.0.0.1, {cpus_per_node:g} CPU(s) each.\n"
@@ -628,19 +630,12 @@ def cluster_kill_node(
                                         "worker-1 (or head).")],
     state: ClusterState = _CLUSTER_STATE,
 ) -> None:
-    """SIGKILL every process of one node at once (rehearse losing a machine)."""
-    import os
-    import signal as sig
+    """SIGKILL every process of one node at once (rehearse losing a machine); the state file
+    marks it killed."""
+    from orchestrator.launch.local_cluster import kill_node
 
-    from orchestrator.launch.local_cluster import node_processes, read_state
-
-    nodes = {n["name"]: n for n in read_state(state)["nodes"]}
-    if name not in nodes:
-        raise InputError(f"{name}: no such node (nodes: {', '.join(nodes)})")
-    pids = node_processes(nodes[name]["pids"])
-    for pid in pids:
-        os.kill(pid, sig.SIGKILL)
-    console.print(f"killed {name}: {len(pids)} processes")
+    count = kill_node(state, name)
+    console.print(f"killed {name}: {count} processes")
 
 
 def main() -> None:

@@ -48,7 +48,10 @@ _DISK_TEXTS = {"No space left on device": "no space left on device",
                "database or disk is full": "no space left on device",
                "Disk quota exceeded": "disk quota exceeded",
                "File too large": "file too large (a file-size limit)",
-               "Read-only file system": "read-only file system"}
+               "Read-only file system": "read-only file system",
+               # sqlite's word when a write fails for a reason it does not tell apart
+               "disk I/O error": "disk I/O error (a full disk, a file-size limit or a failing "
+                                 "disk)"}
 
 
 def _chain(exc: BaseException) -> list[BaseException]:

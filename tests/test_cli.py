@@ -119,3 +119,27 @@ def test_submit_refuses_a_dataset_with_blocking_defects(workdir: Path) -> None:
     skipped = invoke("submit", str(job), "--dry-run", "--skip-data-check")
     assert skipped.exit_code == 0, skipped.output
     assert "data check skipped" in skipped.output
+
+
+def test_data_help_names_every_data_command() -> None:
+    from orchestrator.cli import data_app
+
+    names = [c.name for c in data_app.registered_commands]
+    assert sorted(names) == ["check", "synth"], names  # a new command: name it in the help
+    summary = str(data_app.info.help)
+    shown = " ".join(invoke("data", "--help").output.split())
+    for name in names:
+        assert f" {name} " in f" {summary} ", summary
+    assert " ".join(summary.split()[:6]) in shown
+
+
+def test_readme_tells_every_checkpoint_predict_accepts() -> None:
+    """predict --checkpoint takes final, best or an iteration: README must not say less."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Predictions", 1)[1].split("\n## ", 1)[0]
+    text = " ".join(section.split())
+    assert "`--checkpoint` picks the weights: `final`" in text
+    assert "`best`" in text and "an iteration number" in text
+    assert "accepts `final` only" not in text
+    shown = " ".join(invoke("predict", "--help").output.split())
+    assert "final|best|ITER" in shown

@@ -22,7 +22,8 @@ runner = CliRunner()
     ("resources.workers=[4, 2]", "workers range [4, 2] must be [min, max]"),
     ("name=[x, y, w, h]", "(got ['x', 'y', 'w', 'h'])"),
     ("solver.reference_lr=.nan", "(got nan)"),
-    ("solver.steps=[nan]", "steps as fractions must lie in (0, 1), got [nan]"),
+    ("solver.steps=[nan]", "solver.steps.0: Input should be a finite number (got 'nan')"),
+    ("solver.steps=[2]", "steps as fractions must lie in (0, 1), got [2.0]"),
     ("model.opts=[MODEL.X]", "got an odd number of items: ['MODEL.X']"),
 ])
 def test_error_messages_keep_brackets_and_nan(workdir: Path, override: str, shown: str) -> None:
