@@ -30,13 +30,10 @@ class _NoSql(logging.Filter):
     """Keep the record's reason; drop the SQL, its parameters and the traceback."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and record.levelno >= logging.WARNING:
-            record.msg = f"{record.getMessage()} {strip_sql(record.exc_info[1])}"
-            record.args = None
-        record.exc_info = None
-        record.exc_text = None
-        if isinstance(record.msg, str) and "[SQL:" in record.msg:
-            record.msg, record.args = strip_sql(record.getMessage()), None
+        text = strip_sql(record.getMessage())
+        reason = strip_sql(record.exc_info[1]) if record.exc_info else ""
+        record.msg = text if reason in text else f"{text} {reason}"
+        record.args, record.exc_info, record.exc_text = None, None, None
         return True
 
 

@@ -74,3 +74,37 @@ def test_two_submits_started_together_in_a_fresh_folder_both_finish(workdir: Pat
     client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}")
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert sorted(r.info.status for r in runs) == ["FINISHED", "FINISHED"]
+
+
+def test_a_store_that_cannot_open_and_mlflows_database_errors_show_no_sql(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import logging
+
+    import sqlalchemy
+
+    from orchestrator.errors import JobFailedError
+    from orchestrator.tracking.store import open_store
+
+    db = tmp_path / "mlflow.db"
+    db.write_bytes(b"not a database" * 100)
+    with pytest.raises(JobFailedError) as failed:
+        open_store(f"sqlite:///{db}")  # also installs the filter on MLflow's loggers
+    assert "cannot open the store" in str(failed.value) and "[SQL" not in str(failed.value)
+    assert "file is not a database" in str(failed.value)
+    # A failed statement as MLflow's session helper logs it (logger.exception, at ERROR).
+    engine = sqlalchemy.create_engine(f"sqlite:///{tmp_path / 'other.db'}")
+    logger = logging.getLogger("mlflow.store.db.utils")
+    handler = logging.StreamHandler()
+    logger.addHandler(handler)
+    try:
+        with engine.connect() as connection:
+            connection.execute(sqlalchemy.text("INSERT INTO runs VALUES (:secret)"),
+                               {"secret": "s3cr3t"})
+    except sqlalchemy.exc.OperationalError:
+        logger.exception("SQLAlchemy database error. The following exception is caught.")
+    finally:
+        logger.removeHandler(handler)
+        engine.dispose()
+    shown = capsys.readouterr().err
+    assert "no such table: runs" in shown and "database error" in shown, shown
+    assert "[SQL" not in shown and "s3cr3t" not in shown and "Traceback" not in shown, shown
