@@ -88,3 +88,12 @@ def test_validate_leaves_an_epoch_schedule_to_the_data(workdir: Path) -> None:
     result = invoke("validate", str(spec))
     assert result.exit_code == 0, result.output
     assert "schedule not checked" in result.output
+
+
+def test_validate_checks_every_child_of_a_sweep(workdir: Path) -> None:
+    text = TINY_JOB.replace("warmup_iters: 2", "warmup_iters: 2\n  steps_unit: iter\n"
+                            "  steps: [5]") + "sweep: {solver.max_iter: [20, 4]}\n"
+    spec = write_spec(workdir / "job.yaml", text)
+    result = invoke("validate", str(spec))
+    assert result.exit_code == 2, result.output
+    assert "solver.steps" in result.output and "max_iter=4" in result.output, result.output
