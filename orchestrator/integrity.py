@@ -4,7 +4,8 @@ lock that serializes whoever builds a cache entry.
 A crash, a full disk or a killed process can leave a cache entry truncated or half-written;
 a later run that trusts it fails the same way every time (an ``EOFError`` from a cut pickle,
 say). Every cache writes its files first and this record last, and every reader checks the
-files against the record; whatever does not match is rebuilt (the callers warn when they do).
+files against the record (sizes always; checksums of files changed since); whatever does not
+match is rebuilt (the callers warn when they do).
 Pure standard library: the synthetic data generator, the dataset cache and the driver use it.
 """
 
@@ -29,26 +30,39 @@ def digest(path: Path) -> str:
         return hashlib.file_digest(f, "blake2b").hexdigest()
 
 
-def file_record(root: Path, names: Iterable[str]) -> dict[str, dict[str, Any]]:
-    """Size and digest of each file ``root/name``, as written now."""
-    return {name: {"size": (root / name).stat().st_size, "blake2b": digest(root / name)}
-            for name in names}
+def file_record(root: Path, names: Iterable[str], *,
+                times: bool = True) -> dict[str, dict[str, Any]]:
+    """Size, digest and (unless ``times`` is false: a record that must be byte-reproducible)
+    modification time of each file ``root/name``, as written now."""
+    record = {}
+    for name in names:
+        stat = (root / name).stat()
+        record[name] = {"size": stat.st_size, "blake2b": digest(root / name)}
+        if times:
+            record[name]["mtime_ns"] = stat.st_mtime_ns
+    return record
 
 
 def record_problem(root: Path, record: Any) -> str | None:
     """Why the files under ``root`` are not the ones ``record`` describes (None if they are):
-    the first file missing, of another size, or with other bytes."""
+    the first file missing, of another size, or with other bytes.
+
+    Sizes are compared on every use; checksums where a file's modification time is not the
+    one recorded (every write changes it) or none was, so an untouched multi-GB cache costs a
+    ``stat`` per file, not a read."""
     if not isinstance(record, dict) or not record:
         return "no record of its files (an unfinished write)"
+    touched = []
     for name, expected in sorted(record.items()):
-        path = root / name
         try:
-            size = path.stat().st_size
+            stat = (root / name).stat()
         except OSError:
             return f"{name} is missing"
-        if not isinstance(expected, dict) or size != expected.get("size"):
-            return f"{name} has {size} bytes, not the {expected.get('size')} written"
-    for name, expected in sorted(record.items()):  # sizes first: a cut file fails at once
+        if not isinstance(expected, dict) or stat.st_size != expected.get("size"):
+            return f"{name} has {stat.st_size} bytes, not the {expected.get('size')} written"
+        if stat.st_mtime_ns != expected.get("mtime_ns"):
+            touched.append((name, expected))
+    for name, expected in touched:
         if digest(root / name) != expected.get("blake2b"):
             return f"{name} is not the file written (checksum differs)"
     return None

@@ -274,7 +274,7 @@ def _write_dataset(root: Path, params: dict[str, Any]) -> None:
         _write_json(root / "annotations" / f"instances_{name}.json", coco)
     written = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
     manifest = {"classes": list(CLASSES), "parameters": params,
-                "files": file_record(root, written)}
+                "files": file_record(root, written, times=False)}  # byte-reproducible
     _write_json(root / "manifest.json", manifest)
 
 

@@ -7,6 +7,7 @@ import os
 import random
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -149,6 +150,7 @@ def _cut(path: Path) -> None:
 
 
 def _garble(path: Path) -> None:
+    time.sleep(0.05)  # later than the write, as damage is: a new modification time
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF  # same size, one byte different
     path.write_bytes(bytes(data))

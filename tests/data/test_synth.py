@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -262,6 +263,7 @@ def _cut(path: Path) -> None:
 
 
 def _garble(path: Path) -> None:
+    time.sleep(0.05)  # later than the write, as damage is: a new modification time
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF
     path.write_bytes(bytes(data))

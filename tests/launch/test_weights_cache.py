@@ -4,6 +4,7 @@ again), with a warning, instead of failing every later submit."""
 from __future__ import annotations
 
 import pickle
+import time
 from pathlib import Path
 
 import pytest
@@ -37,6 +38,7 @@ def test_a_good_download_is_recorded_and_a_later_change_is_found(tmp_path: Path)
     record = tmp_path / ".model_final.pth.record.json"
     assert record.is_file()
     assert check_download(path) is None and path.exists()
+    time.sleep(0.05)  # damage comes later than the write: a new modification time
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF  # garbled in place, same size
     path.write_bytes(bytes(data))
