@@ -25,12 +25,17 @@ from orchestrator.models import PROJECT_ROOT
 from orchestrator.secrets import MASK, redact_urls, worker_env
 from orchestrator.spec import JobSpec
 
-__all__ = ["jobs_client", "staged_project", "for_cluster", "submit_remote", "follow", "TERMINAL"]
+__all__ = ["jobs_client", "staged_project", "for_cluster", "submit_remote", "follow", "stop_job",
+           "TERMINAL"]
 
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 # What the cluster needs to run the driver: the package, model configs and job specs.
 _UPLOAD = ("orchestrator", "configs", "jobs", "pyproject.toml")
 SPEC_NAME = "submitted-job.yaml"
+# How long Ray's job supervisor lets the driver unwind after SIGTERM (``orchestrator stop``)
+# before it SIGKILLs it. Ray's 3 s is less than a driver takes to stop Ray Train and mark its
+# MLflow run KILLED; read by the supervisor from the job's environment.
+STOP_WAIT_S = "60"
 
 
 def jobs_client(address: str) -> Any:
@@ -63,7 +68,10 @@ def staged_project(spec: JobSpec) -> Iterator[Path]:
 def submit_remote(spec: JobSpec, *, address: str, console: Console,
                   python: str = "python") -> str:
     """Upload and start the job on the cluster; returns the submission id."""
+    from orchestrator.launch.placement import check_cluster
+
     client = jobs_client(address)
+    check_cluster(spec, address)  # workers no node can hold: refused before anything starts
     entrypoint = f"{shlex.quote(python)} -m orchestrator submit {SPEC_NAME}"
     spec, env = for_cluster(spec)
     with staged_project(spec) as root:
@@ -83,6 +91,7 @@ def for_cluster(spec: JobSpec) -> tuple[JobSpec, dict[str, str]]:
     credentials travels as ``MLFLOW_TRACKING_URI``.
     """
     env = worker_env(spec.run.env, spec.run.env_from)
+    env.setdefault("RAY_JOB_STOP_WAIT_TIME_S", STOP_WAIT_S)
     run = spec.run.model_copy(update={"env": dict.fromkeys(spec.run.env, MASK)})
     tracking = spec.tracking
     uri = tracking.tracking_uri
@@ -128,3 +137,20 @@ def follow(address: str, job_id: str, console: Console) -> str:
     client = jobs_client(address)
     asyncio.run(_tail(client, job_id, console))
     return str(client.get_job_status(job_id).value)
+
+
+def stop_job(address: str, job_id: str, *, wait_s: float = 90) -> str:
+    """Ask Ray to stop the job and wait until it has ended: by then its driver has marked
+    the MLflow run KILLED (it is given ``STOP_WAIT_S`` for that)."""
+    client = jobs_client(address)
+    if not client.stop_job(job_id):
+        return f"{job_id}: already finished"
+    deadline = time.monotonic() + wait_s
+    status = "STOPPING"
+    while time.monotonic() < deadline:
+        status = str(client.get_job_status(job_id).value)
+        if status in TERMINAL:
+            return f"{job_id}: stop requested; the job ended {status}"
+        time.sleep(1)
+    raise JobFailedError(f"{job_id}: stop requested, but the job is still {status} after "
+                         f"{wait_s:g} s")
