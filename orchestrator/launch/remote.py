@@ -76,7 +76,8 @@ def submit_remote(spec: JobSpec, *, address: str, console: Console,
     spec, env = for_cluster(spec)
     with staged_project(spec) as root:
         job_id = _submit_with_retry(client, address, entrypoint=entrypoint,
-                                    runtime_env={"working_dir": str(root), "env_vars": env},
+                                    runtime_env={"working_dir": str(root), "env_vars": {
+                                        "RAY_JOB_STOP_WAIT_TIME_S": STOP_WAIT_S, **env}},
                                     metadata={"orchestrator_job": spec.name})
     console.print(f"submitted {spec.name} as Ray job {job_id} to {address}")
     return job_id
@@ -91,7 +92,6 @@ def for_cluster(spec: JobSpec) -> tuple[JobSpec, dict[str, str]]:
     credentials travels as ``MLFLOW_TRACKING_URI``.
     """
     env = worker_env(spec.run.env, spec.run.env_from)
-    env.setdefault("RAY_JOB_STOP_WAIT_TIME_S", STOP_WAIT_S)
     run = spec.run.model_copy(update={"env": dict.fromkeys(spec.run.env, MASK)})
     tracking = spec.tracking
     uri = tracking.tracking_uri

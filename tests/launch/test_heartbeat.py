@@ -80,6 +80,8 @@ def test_a_sigkilled_driver_is_resumed_into_the_same_run(workdir: Path) -> None:
             os.killpg(proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+        assert proc.stdout is not None
+        proc.stdout.close()
     run = the_run(client)
     assert run.info.status == "RUNNING"  # nobody closed it
     before = logged_steps(client)
