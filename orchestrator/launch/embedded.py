@@ -16,7 +16,7 @@ from orchestrator.errors import InputError, JobFailedError
 from orchestrator.job import WorkerJob
 from orchestrator.launch.pending import PendingWatch
 from orchestrator.launch.progress import ProgressFollower
-from orchestrator.launch.signals import INTERRUPTS, reclaim_sigterm, shielded
+from orchestrator.launch.signals import reclaim_sigterm, shielded
 from orchestrator.secrets import worker_env
 from orchestrator.spec import JobSpec
 
@@ -189,13 +189,9 @@ def fit(job: WorkerJob, *, console: Console, label: str = "") -> None:
     trainer = _trainer(job, queue)
     _ACTIVE_RUNS[job.run_id] = job.tracking_uri
     with ProgressFollower(queue, console, job.plan.max_iter, label=label) as progress, \
-            PendingWatch(job, console, progress, label=label) as pending:
+            PendingWatch(job, console, progress, label=label):
         try:
             trainer.fit()
-        except INTERRUPTS:
-            if pending.timed_out:  # our own interrupt: the workers were never placed
-                raise JobFailedError(pending.timed_out) from None
-            raise
         except Exception as exc:
             raise JobFailedError(f"training failed: {exc}") from exc
         finally:

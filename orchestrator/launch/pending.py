@@ -3,14 +3,17 @@
 Ray Train retries a worker group it cannot place for ever, without a word (its start-up timeout
 is a retryable error). While a placement group shaped like this job's workers is pending and
 no progress has come for a while, :class:`PendingWatch` prints what is awaited every
-:data:`REPORT_S` and, after ``run.pending_timeout_s``, interrupts ``fit()`` so the run ends
-FAILED (exit 1). Children of a cluster sweep, which queue for each other on purpose and run
-on threads, are only reported.
+:data:`REPORT_S` and, after ``run.pending_timeout_s``, marks the runs this driver has open
+FAILED and exits 1. (Ray Train's own interrupt cannot end ``fit()`` then: its abort waits for
+the placement the controller is blocked on.) Leaving the process is what frees the job's
+placement groups and actors, on a cluster too. Children of a cluster sweep, which queue for
+each other on purpose and run on threads, are only reported.
 """
 
 from __future__ import annotations
 
-import _thread
+import os
+import sys
 import threading
 import time
 from typing import Any
@@ -81,6 +84,18 @@ class PendingWatch:
                 f"{_amounts(self._bundle)}: {have} free on {nodes} node(s); {waited:.0f} s so "
                 f"far, giving up after run.pending_timeout_s={self._timeout:g} s")
 
+    def _give_up(self, reason: str) -> None:
+        from mlflow.tracking import MlflowClient
+
+        from orchestrator.tracking.heartbeat import open_runs
+
+        self.timed_out = reason
+        for run_id, uri in open_runs().items():
+            MlflowClient(tracking_uri=uri).set_terminated(run_id, "FAILED")
+            print(f"error: {reason}: run {run_id} FAILED", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(1)
+
     def _run(self) -> None:
         since: float | None = None
         told = 0.0
@@ -95,10 +110,8 @@ class PendingWatch:
             now = time.monotonic()
             since = since or now
             if now - since >= self._timeout and self._can_interrupt:
-                self.timed_out = (f"the cluster did not place the workers within "
-                                  f"run.pending_timeout_s ({self._what(workers, now - since)})")
-                _thread.interrupt_main()  # Ray Train's SIGINT handler stops the controller
-                return
+                self._give_up(f"the cluster did not place the workers within "
+                              f"run.pending_timeout_s ({self._what(workers, now - since)})")
             if now - told >= self._report and now - since >= min(self._report,
                                                                   self._timeout / 3):
                 self._console.print(self._what(workers, now - since), style="yellow",

@@ -23,7 +23,7 @@ import time
 from typing import Any
 
 __all__ = ["HEARTBEAT_S", "STALE_AFTER_S", "TAG_BEAT", "TAG_HOST", "TAG_PID", "TAG_STARTED",
-           "TAG_STOP", "driver_tags", "process_started", "beat", "forget"]
+           "TAG_STOP", "driver_tags", "process_started", "beat", "forget", "open_runs"]
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +77,10 @@ class _Beats:
         with self._lock:
             self._runs.pop(run_id, None)
 
+    def runs(self) -> dict[str, str]:
+        with self._lock:
+            return dict(self._runs)
+
     def _loop(self) -> None:
         while True:
             time.sleep(HEARTBEAT_S)
@@ -109,3 +113,8 @@ def beat(tracking_uri: str, run_id: str) -> None:
 
 def forget(run_id: str) -> None:
     _BEATS.remove(run_id)
+
+
+def open_runs() -> dict[str, str]:
+    """The runs this process has open: run id -> tracking URI."""
+    return _BEATS.runs()
