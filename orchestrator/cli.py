@@ -145,7 +145,7 @@ def submit(
 
     spec = load_spec(job, overrides or [])
     if address:
-        _submit_remote(spec, address=address, detach=detach, dry_run=dry_run)
+        _submit_remote(spec, address=address, detach=detach, dry_run=dry_run, resume=resume)
         return
     if spec.sweep:
         _submit_sweep(spec, dry_run=dry_run, resume=resume, skip_data_check=skip_data_check,
@@ -201,7 +201,8 @@ def _submit_sweep(spec: Any, *, dry_run: bool, resume: str | None, skip_data_che
     console.print(f"MLflow parent run id: {outcome.parent_run_id}")
 
 
-def _submit_remote(spec: Any, *, address: str, detach: bool, dry_run: bool) -> None:
+def _submit_remote(spec: Any, *, address: str, detach: bool, dry_run: bool,
+                   resume: str | None = None) -> None:
     """The cluster's driver re-checks data paths (they live on the cluster), so only the
     spec is checked here."""
     from orchestrator.errors import JobFailedError
@@ -210,7 +211,7 @@ def _submit_remote(spec: Any, *, address: str, detach: bool, dry_run: bool) -> N
     if dry_run:
         console.print(f"dry run: {spec.name} is valid; nothing submitted to {address}")
         return
-    job_id = remote.submit_remote(spec, address=address, console=console)
+    job_id = remote.submit_remote(spec, address=address, console=console, resume=resume)
     if detach:
         console.print(f"follow it with: orchestrator logs {job_id} --address {address}")
         return

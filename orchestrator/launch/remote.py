@@ -66,13 +66,16 @@ def staged_project(spec: JobSpec) -> Iterator[Path]:
 
 
 def submit_remote(spec: JobSpec, *, address: str, console: Console,
-                  python: str = "python") -> str:
-    """Upload and start the job on the cluster; returns the submission id."""
+                  python: str = "python", resume: str | None = None) -> str:
+    """Upload and start the job on the cluster; returns the submission id. ``resume``: the
+    cluster's driver continues that MLflow run (``submit --resume``)."""
     from orchestrator.launch.placement import check_cluster
 
     client = jobs_client(address)
     check_cluster(spec, address)  # workers no node can hold: refused before anything starts
     entrypoint = f"{shlex.quote(python)} -m orchestrator submit {SPEC_NAME}"
+    if resume:
+        entrypoint += f" --resume {shlex.quote(resume)}"
     spec, env = for_cluster(spec)
     with staged_project(spec) as root:
         job_id = _submit_with_retry(client, address, entrypoint=entrypoint,

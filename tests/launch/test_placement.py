@@ -86,6 +86,8 @@ def test_workers_waiting_for_room_are_reported_then_the_run_fails(
     finally:
         blocker.kill()
         blocker.wait(timeout=60)
+        if blocker.stdout is not None:
+            blocker.stdout.close()
     text = said(result)
     assert result.exit_code == 1, result.output
     assert "waiting for the cluster to place 2 workers x 1 CPU: 1/2 CPU free" in text, text
