@@ -159,7 +159,7 @@ def submit(
 
     spec = load_spec(job, overrides or [])
     if address:
-        _submit_remote(spec, address=address, detach=detach, dry_run=dry_run)
+        _submit_remote(spec, address=address, detach=detach, dry_run=dry_run, resume=resume)
         return
     if spec.sweep:
         _submit_sweep(spec, dry_run=dry_run, resume=resume, skip_data_check=skip_data_check,
@@ -215,7 +215,8 @@ def _submit_sweep(spec: Any, *, dry_run: bool, resume: str | None, skip_data_che
     console.print(f"MLflow parent run id: {outcome.parent_run_id}")
 
 
-def _submit_remote(spec: Any, *, address: str, detach: bool, dry_run: bool) -> None:
+def _submit_remote(spec: Any, *, address: str, detach: bool, dry_run: bool,
+                   resume: str | None = None) -> None:
     """The cluster's driver re-checks data paths (they live on the cluster), so only the
     spec is checked here."""
     from orchestrator.errors import JobFailedError
@@ -224,7 +225,7 @@ def _submit_remote(spec: Any, *, address: str, detach: bool, dry_run: bool) -> N
     if dry_run:
         console.print(f"dry run: {spec.name} is valid; nothing submitted to {address}")
         return
-    job_id = remote.submit_remote(spec, address=address, console=console)
+    job_id = remote.submit_remote(spec, address=address, console=console, resume=resume)
     if detach:
         console.print(f"follow it with: orchestrator logs {job_id} --address {address}")
         return
@@ -337,6 +338,11 @@ def data_check(
                                 " (see warnings above)" if report.defects else ""))
 
 
+TrackingUri = Annotated[str | None, typer.Option(
+    "--tracking-uri",
+    help="MLflow store. Default: sqlite:///<cwd>/mlflow.db, as submit uses.")]
+
+
 RequiredAddress = Annotated[str, typer.Option(
     "--address", envvar="ORCHESTRATOR_ADDRESS",
     help="Ray cluster Jobs API, e.g. http://127.0.0.1:8265.")]
@@ -371,12 +377,29 @@ def job_logs(job_id: JobId, address: RequiredAddress,
 
 @app.command("stop")
 @_exits
-def job_stop(job_id: JobId, address: RequiredAddress) -> None:
-    """Stop a submitted job (its MLflow run is marked KILLED by the driver)."""
-    from orchestrator.launch.remote import jobs_client
+def job_stop(
+    job_or_run: Annotated[str, typer.Argument(
+        metavar="JOB_OR_RUN_ID", help="With --address: the Ray job id submit printed. "
+        "Without: an MLflow run id (a run trained on this machine, or one whose driver "
+        "runs elsewhere but shares the tracking store).")],
+    address: AddressOption = None,
+    tracking_uri: TrackingUri = None,
+) -> None:
+    """Stop a job or run; its MLflow run ends KILLED.
 
-    stopped = jobs_client(address).stop_job(job_id)
-    console.print(f"{job_id}: {'stop requested' if stopped else 'already finished'}")
+    Without --address the run's driver is sent SIGTERM when it runs on this machine, asked
+    through the run's tags (within its heartbeat, 15 s) when it runs elsewhere, and a run
+    whose driver is gone is marked KILLED here."""
+    if address:
+        from orchestrator.launch.remote import stop_job
+
+        console.print(stop_job(address, job_or_run), highlight=False)
+        return
+    from orchestrator.launch.stop import stop_run
+
+    uri = _tracking_uri(tracking_uri)
+    with _store_errors(uri):
+        console.print(stop_run(job_or_run, tracking_uri=uri), highlight=False)
 
 
 @app.command("list")
@@ -394,14 +417,10 @@ def job_list(address: RequiredAddress) -> None:
     console.print(table)
 
 
-runs_app = typer.Typer(help="MLflow runs: import reference logs, compare runs.",
+runs_app = typer.Typer(help="MLflow runs: list them (stale ones too), import reference logs, "
+                       "compare runs.",
                        no_args_is_help=True)
 app.add_typer(runs_app, name="runs")
-
-TrackingUri = Annotated[str | None, typer.Option(
-    "--tracking-uri",
-    help="MLflow store. Default: sqlite:///<cwd>/mlflow.db, as submit uses.")]
-
 
 def _tracking_uri(uri: str | None) -> str:
     """The store to use, refused (exit 2) offline if MLflow could never open it."""
@@ -475,6 +494,32 @@ def runs_compare(
             console.print(f"plot: {plot_curves(comparison, plot)}", highlight=False)
         except OSError as exc:
             raise InputError(f"--plot {plot}: cannot write it ({exc})") from None
+
+
+@runs_app.command("list")
+@_exits
+def runs_list(
+    stale: Annotated[bool, typer.Option(
+        "--stale", help="Only RUNNING runs whose driver is gone (killed, its machine lost): "
+        "resume them with submit --resume, or close them with orchestrator stop.")] = False,
+    limit: Annotated[int, typer.Option(min=1, help="Newest runs shown (without --stale).")]
+    = 20,
+    tracking_uri: TrackingUri = None,
+) -> None:
+    """List the newest runs with their status and whether a driver still owns them."""
+    from orchestrator.tracking.liveness import list_runs
+    from orchestrator.tracking.runs_table import runs_table
+
+    uri = _tracking_uri(tracking_uri)
+    with _store_errors(uri):
+        found = list_runs(uri, stale_only=stale, limit=limit)
+    if stale and not found:
+        console.print("no stale runs: every RUNNING run has a live driver")
+        return
+    console.print(runs_table(found, title="stale runs" if stale else "runs"))
+    if stale:
+        console.print("continue one with: orchestrator submit JOB.yaml --resume RUN_ID; "
+                      "or close it with: orchestrator stop RUN_ID", highlight=False)
 
 
 @app.command("ui")

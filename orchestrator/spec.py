@@ -272,6 +272,11 @@ class RunSpec(_Strict):
         60, gt=0, description="With resources.workers [min, max]: how often Ray looks for room to "
         "grow a running group; growing restarts it from the last checkpoint."
     )
+    pending_timeout_s: float = Field(
+        900, gt=0, allow_inf_nan=False,
+        description="How long the workers may wait for the cluster to place them (at start and "
+        "at every restart) before the run fails; the driver says what it waits for every 30 s."
+    )
 
     @model_validator(mode="after")
     def _env_once(self) -> RunSpec:

@@ -14,6 +14,7 @@ from rich.console import Console
 
 from orchestrator.errors import InputError, JobFailedError
 from orchestrator.job import WorkerJob
+from orchestrator.launch.pending import PendingWatch
 from orchestrator.launch.progress import ProgressFollower
 from orchestrator.launch.signals import reclaim_sigterm, shielded
 from orchestrator.secrets import worker_env
@@ -187,7 +188,8 @@ def fit(job: WorkerJob, *, console: Console, label: str = "") -> None:
     queue = Queue(maxsize=1000)
     trainer = _trainer(job, queue)
     _ACTIVE_RUNS[job.run_id] = job.tracking_uri
-    with ProgressFollower(queue, console, job.plan.max_iter, label=label):
+    with ProgressFollower(queue, console, job.plan.max_iter, label=label) as progress, \
+            PendingWatch(job, console, progress, label=label):
         try:
             trainer.fit()
         except Exception as exc:

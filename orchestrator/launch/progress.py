@@ -38,6 +38,7 @@ class ProgressFollower:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="progress", daemon=True)
         self.last: dict[str, Any] | None = None
+        self.seen_at: float | None = None  # time.monotonic() of the latest record
 
     def __enter__(self) -> ProgressFollower:
         self._thread.start()
@@ -50,9 +51,11 @@ class ProgressFollower:
     def _records(self) -> Any:
         while not self._stop.is_set():
             try:
-                yield self._queue.get(timeout=0.5)
+                record = self._queue.get(timeout=0.5)
             except Exception:  # ray.util.queue.Empty, or the queue actor is gone  # noqa: BLE001
                 continue
+            self.seen_at = time.monotonic()
+            yield record
 
     def _run(self) -> None:
         if self._console.is_terminal:

@@ -25,12 +25,17 @@ from orchestrator.models import PROJECT_ROOT
 from orchestrator.secrets import MASK, redact_urls, worker_env
 from orchestrator.spec import JobSpec
 
-__all__ = ["jobs_client", "staged_project", "for_cluster", "submit_remote", "follow", "TERMINAL"]
+__all__ = ["jobs_client", "staged_project", "for_cluster", "submit_remote", "follow", "stop_job",
+           "TERMINAL"]
 
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 # What the cluster needs to run the driver: the package, model configs and job specs.
 _UPLOAD = ("orchestrator", "configs", "jobs", "pyproject.toml")
 SPEC_NAME = "submitted-job.yaml"
+# How long Ray's job supervisor lets the driver unwind after SIGTERM (``orchestrator stop``)
+# before it SIGKILLs it. Ray's 3 s is less than a driver takes to stop Ray Train and mark its
+# MLflow run KILLED; read by the supervisor from the job's environment.
+STOP_WAIT_S = "60"
 
 
 def jobs_client(address: str) -> Any:
@@ -61,14 +66,21 @@ def staged_project(spec: JobSpec) -> Iterator[Path]:
 
 
 def submit_remote(spec: JobSpec, *, address: str, console: Console,
-                  python: str = "python") -> str:
-    """Upload and start the job on the cluster; returns the submission id."""
+                  python: str = "python", resume: str | None = None) -> str:
+    """Upload and start the job on the cluster; returns the submission id. ``resume``: the
+    cluster's driver continues that MLflow run (``submit --resume``)."""
+    from orchestrator.launch.placement import check_cluster
+
     client = jobs_client(address)
+    check_cluster(spec, address)  # workers no node can hold: refused before anything starts
     entrypoint = f"{shlex.quote(python)} -m orchestrator submit {SPEC_NAME}"
+    if resume:
+        entrypoint += f" --resume {shlex.quote(resume)}"
     spec, env = for_cluster(spec)
     with staged_project(spec) as root:
         job_id = _submit_with_retry(client, address, entrypoint=entrypoint,
-                                    runtime_env={"working_dir": str(root), "env_vars": env},
+                                    runtime_env={"working_dir": str(root), "env_vars": {
+                                        "RAY_JOB_STOP_WAIT_TIME_S": STOP_WAIT_S, **env}},
                                     metadata={"orchestrator_job": spec.name})
     console.print(f"submitted {spec.name} as Ray job {job_id} to {address}")
     return job_id
@@ -128,3 +140,20 @@ def follow(address: str, job_id: str, console: Console) -> str:
     client = jobs_client(address)
     asyncio.run(_tail(client, job_id, console))
     return str(client.get_job_status(job_id).value)
+
+
+def stop_job(address: str, job_id: str, *, wait_s: float = 90) -> str:
+    """Ask Ray to stop the job and wait until it has ended: by then its driver has marked
+    the MLflow run KILLED (it is given ``STOP_WAIT_S`` for that)."""
+    client = jobs_client(address)
+    if not client.stop_job(job_id):
+        return f"{job_id}: already finished"
+    deadline = time.monotonic() + wait_s
+    status = "STOPPING"
+    while time.monotonic() < deadline:
+        status = str(client.get_job_status(job_id).value)
+        if status in TERMINAL:
+            return f"{job_id}: stop requested; the job ended {status}"
+        time.sleep(1)
+    raise JobFailedError(f"{job_id}: stop requested, but the job is still {status} after "
+                         f"{wait_s:g} s")

@@ -171,16 +171,16 @@ def _worker_job(prepared: Prepared, tracker: RunTracker) -> WorkerJob:
                      run_id=tracker.run_id, tracking_uri=tracker.tracking_uri)
 
 
-def _resume_run(prepared: Prepared, run_id: str) -> RunTracker:
-    """Reopen a stopped run: same MLflow run, same Ray run name, so Ray Train continues from
-    the run's latest checkpoint in ``run.storage_path``."""
+def _resume_run(prepared: Prepared, run_id: str, console: Console) -> RunTracker:
+    """Reopen a stopped run (or one whose driver died): same MLflow run, same Ray run name,
+    so Ray Train continues from the run's latest checkpoint in ``run.storage_path``."""
     spec = prepared.spec
     assert spec.tracking.tracking_uri is not None
-    tracker = RunTracker.reopen(tracking_uri=spec.tracking.tracking_uri, run_id=run_id)
-    tags = tracker.tags()
-    if tags.get("job") != spec.name:
-        raise InputError(f"--resume {run_id}: that run belongs to job '{tags.get('job')}', "
-                         f"not '{spec.name}'; resume it with its own spec")
+    tracker = RunTracker.reopen(tracking_uri=spec.tracking.tracking_uri, run_id=run_id,
+                                job=spec.name)
+    if tracker.stale:
+        console.print(f"run {run_id} was left RUNNING ({tracker.stale}): resuming it",
+                      style="yellow", highlight=False)
     tracker.set_tags({"resumed": "true"})
     return tracker
 
@@ -200,7 +200,7 @@ def submit(prepared: Prepared, *, console: Console, verbose: bool = False,
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-run") as pool:
         if resume:  # an existing store, and a wrong run id must stop us before Ray starts
             opening: Future[RunTracker] = Future()
-            opening.set_result(_resume_run(prepared, resume))
+            opening.set_result(_resume_run(prepared, resume, console))
         else:
             opening = pool.submit(_start_run, prepared, parent_run_id)
         try:

@@ -1,5 +1,8 @@
 """The MLflow run a job owns: created by the driver, ended by the driver in every outcome.
 
+While it is open the driver beats for it (``tracking.heartbeat``), so a run whose driver died
+without ending it is known as stale, and can be resumed.
+
 Workers only log into it (rank 0, ``tracking.writer``) with the run id the driver passes down.
 MlflowClient with explicit run ids throughout: no fluent, process-wide active run.
 """
@@ -14,6 +17,7 @@ from typing import Any
 
 from orchestrator.errors import InputError, JobFailedError, strip_sql
 from orchestrator.secrets import make_private, redact_urls
+from orchestrator.tracking import heartbeat
 
 __all__ = [
     "default_tracking_uri",
@@ -63,6 +67,16 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, str]:
     return {prefix.rstrip("."): text[:_PARAM_LIMIT]}
 
 
+def _get_run(client: Any, run_id: str, tracking_uri: str) -> Any:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_run(run_id)
+    except MlflowException:
+        raise InputError(f"--resume {run_id}: no such MLflow run in "
+                         f"{redact_urls(tracking_uri)}") from None
+
+
 def git_commit(path: Path) -> str:
     """The project's commit, for the run's tags ('' outside a git checkout)."""
     try:
@@ -80,6 +94,7 @@ class RunTracker:
     tracking_uri: str
     run_id: str
     experiment_id: str
+    stale: str | None = None  # reopen: why the RUNNING run it took over had no driver
 
     @property
     def client(self) -> Any:
@@ -100,32 +115,43 @@ class RunTracker:
         client = open_store(tracking_uri)
         try:
             exp_id = experiment_id(client, tracking_uri, experiment, _artifact_root(tracking_uri))
-            run = client.create_run(exp_id, run_name=run_name, tags=tags)
+            run = client.create_run(exp_id, run_name=run_name,
+                                    tags={**tags, **heartbeat.driver_tags()})
         except MlflowException as exc:
             raise JobFailedError(redact_urls(f"MLflow at {tracking_uri}: cannot create the run: "
                                              f"{strip_sql(exc)}")) from None
         make_private(*_local_store(tracking_uri))  # a store made before runs were kept private
+        heartbeat.beat(tracking_uri, run.info.run_id)
         return cls(tracking_uri=tracking_uri, run_id=run.info.run_id, experiment_id=exp_id)
 
     @classmethod
-    def reopen(cls, *, tracking_uri: str, run_id: str) -> RunTracker:
-        """An existing run, set RUNNING again (``submit --resume``)."""
-        from mlflow.exceptions import MlflowException
-
+    def reopen(cls, *, tracking_uri: str, run_id: str, job: str) -> RunTracker:
+        """An existing run, set RUNNING again (``submit --resume``). A RUNNING run is taken
+        over only if its driver is gone (``tracking.liveness``): then its ``stale`` reason is
+        set, for the caller to show."""
+        from orchestrator.tracking.liveness import liveness
         from orchestrator.tracking.store import open_store
 
         _no_printed_links()
         client = open_store(tracking_uri)
-        try:
-            run = client.get_run(run_id)
-        except MlflowException:
-            raise InputError(f"--resume {run_id}: no such MLflow run in "
-                             f"{redact_urls(tracking_uri)}") from None
-        if run.info.status == "RUNNING":
-            raise InputError(f"--resume {run_id}: the run is still RUNNING; stop it first")
+        run = _get_run(client, run_id, tracking_uri)
+        if run.data.tags.get("job") != job:
+            raise InputError(f"--resume {run_id}: that run belongs to job "
+                             f"'{run.data.tags.get('job')}', not '{job}'; resume it with its "
+                             "own spec")
+        live = liveness(run)
+        if live.state == "alive":
+            raise InputError(f"--resume {run_id}: the run is still RUNNING: {live.why}; stop "
+                             f"it first with: orchestrator stop {run_id}")
         client.update_run(run_id, status="RUNNING")
+        for key, value in heartbeat.driver_tags().items():
+            client.set_tag(run_id, key, value)
+        if heartbeat.TAG_STOP in run.data.tags:  # asked of the driver before this one
+            client.delete_tag(run_id, heartbeat.TAG_STOP)
+        heartbeat.beat(tracking_uri, run_id)
         return cls(tracking_uri=tracking_uri, run_id=run_id,
-                   experiment_id=run.info.experiment_id)
+                   experiment_id=run.info.experiment_id,
+                   stale=live.why if live.state == "stale" else None)
 
     def tags(self) -> dict[str, str]:
         return dict(self.client.get_run(self.run_id).data.tags)
@@ -146,6 +172,7 @@ class RunTracker:
 
     def finish(self, status: str) -> None:
         """FINISHED, FAILED or KILLED: never leave the run RUNNING."""
+        heartbeat.forget(self.run_id)
         self.client.set_terminated(self.run_id, status=status)
 
     def status(self) -> str:

@@ -172,6 +172,40 @@ def test_head_loss_fails_the_run_and_resume_continues_on_a_new_cluster(
     assert "restored from Ray checkpoint at iteration" in worker_logs(workdir)
 
 
+def test_a_head_lost_under_submit_address_leaves_a_stale_run_that_resumes(
+        workdir: Path, tmp_path_factory) -> None:  # type: ignore[no-untyped-def]
+    """The driver runs on the head and dies with it, unwinding nothing: its run stays RUNNING
+    in MLflow but stale (its pid is gone), and --resume continues it on a new cluster."""
+    job = write_spec(workdir / "tiny.yaml", LONGER)
+    client = client_for(workdir)
+    with start_cluster(2, tmp_path_factory.mktemp("cluster")) as cluster:
+        proc = submit(workdir, cluster, job, "eval.enabled=false")
+        try:
+            wait_until(lambda: last_step(client) >= 5, timeout=600,
+                       what="no progress before the kill")
+            cluster.kill_node("head")
+        finally:
+            finish(proc, timeout=300)
+    run = the_run(client)
+    assert run is not None and run.info.status == "RUNNING"
+    before = last_step(client)
+    listed = subprocess.run([sys.executable, "-m", "orchestrator", "runs", "list", "--stale",
+                             "--tracking-uri", f"sqlite:///{workdir}/mlflow.db"], cwd=workdir,
+                            capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"})
+    assert run.info.run_id in listed.stdout, listed.stdout + listed.stderr
+
+    with start_cluster(2, tmp_path_factory.mktemp("cluster")) as fresh:
+        again = submit(workdir, fresh, job, "eval.enabled=false", "--resume", run.info.run_id)
+        output = finish(again)
+    assert again.returncode == 0, output
+    assert "was left RUNNING" in output, output
+    run = the_run(client)
+    assert run is not None and run.info.status == "FINISHED"
+    steps = [s for s, _, _ in history(client, "total_loss")]
+    assert steps == sorted(set(steps)) and steps[-1] == 15 and before < 15
+    assert "restored from Ray checkpoint at iteration" in worker_logs(workdir)
+
+
 def test_a_node_added_mid_run_grows_an_elastic_group(workdir: Path,
                                                      tmp_path_factory) -> None:  # type: ignore[no-untyped-def]
     """Ray 2.60 Train resizes a running elastic group when room appears (checked every
