@@ -36,14 +36,18 @@ class EvalProgress:
     def __init__(self, report: ProgressReport | None = None, *, every_s: float = 5.0) -> None:
         self.report = report
         self._every = every_s
-        self.start(None)
+        self._begin(None)
 
-    def start(self, total: int | None) -> None:
-        """A new evaluation of ``total`` images on this rank (None: unknown) begins now."""
+    def _begin(self, total: int | None) -> None:
         self.total, self.done = total, 0
         self.phase = "inference"
         self.scoring_seconds: float | None = None
         self._start = self._reported = time.monotonic()
+
+    def start(self, total: int | None) -> None:
+        """A new evaluation of ``total`` images on this rank (None: unknown) begins now."""
+        self._begin(total)
+        self._send()
 
     @property
     def seconds(self) -> float:

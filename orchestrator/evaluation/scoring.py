@@ -11,9 +11,11 @@ percent, NaN where one cannot be computed, and ``AP-<class>`` per category.
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +57,19 @@ def _detections(records: Records, task: str) -> list[dict[str, Any]]:
     return [dict(r) for r in records]
 
 
+@contextmanager
+def _without_cyclic_gc() -> Iterator[None]:
+    """Scoring allocates millions of small acyclic objects (records, their copies, indexes);
+    CPython's cycle collector would rescan all of them again and again (a fifth of the time)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def evaluate_task(ground_truth: COCO, records: Records, task: str, *,
                   max_dets_per_image: int = 100,
                   img_ids: Sequence[int] | None = None) -> COCOeval_faster:
@@ -63,14 +78,15 @@ def evaluate_task(ground_truth: COCO, records: Records, task: str, *,
     unless ``img_ids`` is given. ``records`` must not be empty; they are left unchanged."""
     if task not in ("bbox", "segm"):
         raise ValueError(f"task must be 'bbox' or 'segm', got {task!r}")
-    detections = ground_truth.loadRes(_detections(records, task))
-    coco_eval = COCOeval_faster(ground_truth, detections, task, print_function=logger.debug)
-    coco_eval.params.maxDets = [1, 10, max_dets_per_image]
-    if img_ids is not None:
-        coco_eval.params.imgIds = list(img_ids)
-    coco_eval.evaluate()
-    coco_eval.accumulate()
-    coco_eval.summarize()
+    with _without_cyclic_gc():
+        detections = ground_truth.loadRes(_detections(records, task))
+        coco_eval = COCOeval_faster(ground_truth, detections, task, print_function=logger.debug)
+        coco_eval.params.maxDets = [1, 10, max_dets_per_image]
+        if img_ids is not None:
+            coco_eval.params.imgIds = list(img_ids)
+        coco_eval.evaluate()
+        coco_eval.accumulate()
+        coco_eval.summarize()
     return coco_eval
 
 
