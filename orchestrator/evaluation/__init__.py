@@ -13,7 +13,9 @@ Mask convention for a model's output ``Instances`` (already at the original imag
   CondInst's postprocess (aligned_bilinear, crop, bilinear resize, ``> threshold``), a bounded
   chunk at a time. Takes precedence over ``pred_masks``.
 
-The evaluator never holds more than one chunk of full-resolution masks and keeps RLEs only.
+The evaluator never holds more than one chunk of full-resolution masks and keeps RLEs only;
+it scores them with ``scoring`` (faster-coco-eval, pycocotools' numbers) and reports its
+progress to an ``EvalProgress``.
 """
 
 from orchestrator.evaluation.evaluator import ChunkedCOCOEvaluator, instances_to_coco_records
@@ -28,11 +30,13 @@ from orchestrator.evaluation.postprocess import (
     global_mask_chunks,
     roi_mask_chunks,
 )
+from orchestrator.evaluation.progress import EvalProgress
 from orchestrator.evaluation.structures import GlobalMasks
 
 __all__ = [
     "ChunkedCOCOEvaluator",
     "DEFAULT_CHUNK_BYTES",
+    "EvalProgress",
     "GlobalMasks",
     "OOMGuard",
     "aligned_bilinear",

@@ -1,12 +1,13 @@
 """Show training progress on the driver while ``fit()`` blocks.
 
-Rank 0 puts small records (iteration, ETA, losses) on a Ray queue; a daemon thread here reads
-them and draws a rich progress bar on a terminal, or prints a line every few seconds otherwise
-(CI logs, pipes), so long runs are never silent.
+Rank 0 puts small records (iteration, ETA, losses, and during an evaluation its progress) on a
+Ray queue; a daemon thread here reads them and draws a rich progress bar on a terminal, or
+prints a line every few seconds otherwise (CI logs, pipes), so long runs are never silent.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from typing import Any
@@ -14,15 +15,33 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-__all__ = ["ProgressFollower", "format_record"]
+__all__ = ["ProgressFollower", "format_eval", "format_record"]
+
+
+def _clock(seconds: float | None) -> str:
+    return time.strftime("%H:%M:%S", time.gmtime(seconds)) if seconds is not None else "-"
+
+
+def format_eval(status: dict[str, Any]) -> str:
+    """``eval 300/1250 images  eta 00:01:10``, ``eval scoring (95 s so far)`` or
+    ``eval took 120.3 s (scoring 27.1 s)``, from an ``EvalProgress`` status (rank 0's images)."""
+    if status["phase"] == "inference":
+        done = f"{status['done']}/{status['total']}" if status.get("total") else status["done"]
+        return f"eval {done} images  eta {_clock(status.get('eta_s'))}"
+    if status["phase"] == "scoring":
+        return f"eval scoring ({status['seconds']:.0f} s so far)"
+    scoring = status.get("scoring_seconds")
+    return f"eval took {status['seconds']:.1f} s" + (
+        f" (scoring {scoring:.1f} s)" if scoring is not None else "")
 
 
 def format_record(record: dict[str, Any]) -> str:
-    """``iter 40/200  eta 0:02:13  total_loss 1.234  loss_cls 0.456`` for one record."""
-    eta = record.get("eta_s")
-    eta_text = time.strftime("%H:%M:%S", time.gmtime(eta)) if eta is not None else "-"
+    """``iter 40/200  eta 0:02:13  total_loss 1.234  loss_cls 0.456`` for one record, then the
+    evaluation's progress if one is running."""
     losses = "  ".join(f"{k} {v:.3f}" for k, v in record.get("losses", {}).items())
-    return f"iter {record['iter']}/{record['max_iter']}  eta {eta_text}  {losses}".rstrip()
+    text = f"iter {record['iter']}/{record['max_iter']}  eta {_clock(record.get('eta_s'))}  "
+    text = (text + losses).rstrip()
+    return f"{text}  {format_eval(record['eval'])}" if "eval" in record else text
 
 
 class ProgressFollower:
@@ -77,13 +96,14 @@ class ProgressFollower:
                            description=format_record(record).split("  ", 1)[-1])
 
     def _run_lines(self) -> None:
-        shown, shown_iter = 0.0, -1
+        shown, shown_iter, shown_phase = -math.inf, -1, None  # the first record is shown
         for record in self._records():
             self.last = record
-            if record["iter"] == shown_iter:
-                continue
-            done = record["iter"] >= record["max_iter"]
-            if done or time.monotonic() - shown >= self._line_every:
+            phase = record.get("eval", {}).get("phase")
+            moved = record["iter"] != shown_iter or phase == "inference"
+            due = moved and time.monotonic() - shown >= self._line_every
+            finished = record["iter"] >= record["max_iter"] and record["iter"] != shown_iter
+            if phase != shown_phase or due or finished:
                 self._console.print(self._label + format_record(record), highlight=False,
                                     soft_wrap=True)
-                shown, shown_iter = time.monotonic(), record["iter"]
+                shown, shown_iter, shown_phase = time.monotonic(), record["iter"], phase

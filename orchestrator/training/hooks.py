@@ -65,6 +65,12 @@ class ProgressWriter(EventWriter):
         record = progress_record(get_event_storage(), self._max_iter)
         self._sender.put(lambda: self._push(record))
 
+    def write_eval(self, status: dict[str, Any]) -> None:
+        """The training record with an evaluation's progress (``EvalProgress`` status) as
+        ``"eval"``: the trainer's ``on_eval_progress``."""
+        record = {**progress_record(get_event_storage(), self._max_iter), "eval": status}
+        self._sender.put(lambda: self._push(record))
+
     def _push(self, record: dict[str, Any]) -> None:
         try:
             self._queue.put_nowait(record)

@@ -3,7 +3,9 @@
 Overrides only detectron2's documented extension points (``build_evaluator``,
 ``build_writers``, ``build_hooks``), never ``train()``. Evaluation is failure-safe: an error in
 a periodic or the final evaluation is logged and reported, and training goes on without those
-metrics (the checkpoints are unaffected).
+metrics (the checkpoints are unaffected). Each evaluation reports its progress (images done,
+ETA, scoring) to ``on_eval_progress`` and logs what it cost as ``eval/seconds`` (all of it)
+and ``eval/scoring_seconds`` (rank 0's scoring).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import time
 import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -22,6 +25,7 @@ from detectron2.utils.events import CommonMetricPrinter, EventWriter, JSONWriter
 
 from orchestrator.data.cache import cached_train_dataset
 from orchestrator.evaluation import DEFAULT_CHUNK_BYTES, ChunkedCOCOEvaluator
+from orchestrator.evaluation.progress import ProgressReport
 from orchestrator.models.arch import arch_for_cfg
 from orchestrator.training.dist import ddp_for_device
 
@@ -59,11 +63,14 @@ class Trainer(DefaultTrainer):
             ``mlflow_eval_error_recorder``); training continues either way.
         periodic_checkpoints: keep detectron2's ``PeriodicCheckpointer``; a Ray worker turns
             it off because its ``RayCheckpointHook`` already saves every period.
+        on_eval_progress: gets each evaluation's progress (``EvalProgress`` status dicts).
     """
 
     def __init__(self, cfg: CfgNode, *, extra_writers: Sequence[EventWriter] = (),
                  log_period: int = 20, on_eval_error: EvalErrorCallback | None = None,
-                 periodic_checkpoints: bool = True) -> None:
+                 periodic_checkpoints: bool = True,
+                 on_eval_progress: ProgressReport | None = None) -> None:
+        self._on_eval_progress = on_eval_progress
         self._extra_writers = list(extra_writers)
         self._log_period = log_period
         self._periodic_checkpoints = periodic_checkpoints
@@ -121,8 +128,27 @@ class Trainer(DefaultTrainer):
         if isinstance(hook, hooks.PeriodicWriter):
             return hooks.PeriodicWriter(hook._writers, period=self._log_period)
         if isinstance(hook, hooks.EvalHook):
-            return hooks.EvalHook(hook._period, self._failure_safe(hook._func))
+            return hooks.EvalHook(self.cfg.TEST.EVAL_PERIOD, self._failure_safe(self._evaluate))
         return hook
+
+    def _evaluate(self) -> Any:
+        """detectron2's ``test_and_save_results`` with evaluators that report progress, timed.
+
+        ``_last_eval_results`` is where detectron2's ``train()`` (``TEST.EXPECTED_RESULTS``)
+        and ``ArtifactHook`` look for the latest results.
+        """
+        start = time.perf_counter()
+        evaluators = [self.build_evaluator(self.cfg, name) for name in self.cfg.DATASETS.TEST]
+        progress = [e.progress for e in evaluators if isinstance(e, ChunkedCOCOEvaluator)]
+        for tracker in progress:
+            tracker.report = self._on_eval_progress
+        self._last_eval_results = self.test(self.cfg, self.model, evaluators)
+        self.storage.put_scalar("eval/seconds", time.perf_counter() - start,
+                                smoothing_hint=False)
+        scored = [t.scoring_seconds for t in progress if t.scoring_seconds is not None]
+        if scored:  # rank 0
+            self.storage.put_scalar("eval/scoring_seconds", sum(scored), smoothing_hint=False)
+        return self._last_eval_results
 
     def _failure_safe(self, evaluate: Callable[[], Any]) -> Callable[[], Any]:
         """``evaluate`` that returns no metrics instead of raising, so training goes on.

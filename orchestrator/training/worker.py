@@ -100,12 +100,15 @@ def train_loop_per_worker(config: dict[str, Any], *, entered: float | None = Non
 def _train(job: WorkerJob, cfg: CfgNode, queue: Any, sender: BackgroundSender,
            clock: StartupClock) -> None:
     main = comm.is_main_process()
+    writers = _writers(job, queue, sender) if main else []
+    progress = next((w for w in writers if isinstance(w, ProgressWriter)), None)
     trainer = Trainer(
         cfg,
-        extra_writers=_writers(job, queue, sender) if main else (),
+        extra_writers=writers,
         log_period=job.spec.tracking.log_period,
         periodic_checkpoints=False,  # RayCheckpointHook writes each checkpoint, once
         on_eval_error=mlflow_eval_error_recorder(job.tracking_uri, job.run_id) if main else None,
+        on_eval_progress=progress.write_eval if progress is not None else None,
     )
     hooks: list[Any] = [RayCheckpointHook(cfg.SOLVER.CHECKPOINT_PERIOD, output_dir=cfg.OUTPUT_DIR)]
     if main:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pycocotools.mask as mask_util
 import pytest
 import torch
@@ -29,6 +29,7 @@ from orchestrator.evaluation import (
 )
 from orchestrator.evaluation import postprocess as postprocess_module
 from orchestrator.training.trainer import Trainer
+from tests.evaluation.coco_compare import assert_same_printed
 
 NAME = "evaluation_test_shapes"
 STRIDE, INPUT = 4, (50, 50)  # global masks: a 50x50 input padded to 52x52, 13x13 masks
@@ -94,9 +95,10 @@ def _global(pred: dict[str, torch.Tensor]) -> tuple[Instances, Instances]:
 
 
 @pytest.mark.parametrize("convention", [_dense, _roi, _global], ids=["dense", "roi", "global"])
-def test_same_metrics_as_detectron2(dataset: list[dict[str, Any]], convention: Any) -> None:
-    stock = COCOEvaluator(NAME, output_dir=None, use_fast_impl=False)
-    ours = ChunkedCOCOEvaluator(NAME, chunk_bytes=1)  # one instance per chunk
+def test_same_metrics_as_detectron2(dataset: list[dict[str, Any]], convention: Any,
+                                    tmp_path: Path) -> None:
+    stock = COCOEvaluator(NAME, output_dir=str(tmp_path / "stock"), use_fast_impl=False)
+    ours = ChunkedCOCOEvaluator(NAME, output_dir=str(tmp_path / "ours"), chunk_bytes=1)
     g = torch.Generator().manual_seed(0)
     for evaluator in (stock, ours):
         evaluator.reset()
@@ -106,9 +108,12 @@ def test_same_metrics_as_detectron2(dataset: list[dict[str, Any]], convention: A
         stock.process(inputs, [{"instances": reference}])
         ours.process(inputs, [{"instances": deferred}])
     expected, got = stock.evaluate(), ours.evaluate()
-    np.testing.assert_equal(got, expected)
+    assert_same_printed(got, expected)
     assert {"bbox", "segm"} <= set(got) and got["segm"]["AP"] > 30
-    assert all("segmentation" in p for x in ours._predictions for p in x["instances"])
+    # The same records (dataset category ids, RLE masks) as detectron2 writes.
+    records = [json.loads((tmp_path / side / "coco_instances_results.json").read_text())
+               for side in ("stock", "ours")]
+    assert records[1] == records[0] and all("segmentation" in r for r in records[1])
 
 
 def test_oom_is_logged_once_per_evaluation(dataset: list[dict[str, Any]],

@@ -1,4 +1,5 @@
-"""A failing evaluation never stops training; build_cfg carries the evaluation budget."""
+"""A failing evaluation never stops training; an evaluation reports progress and logs what it
+cost to MLflow; build_cfg carries the evaluation budget."""
 
 from __future__ import annotations
 
@@ -46,15 +47,9 @@ def shapes(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
     return names
 
 
-def test_training_survives_failing_evaluations(shapes: tuple[str, str], tmp_path: Path) -> None:
+def _cfg(shapes: tuple[str, str], output_dir: Path) -> Any:
+    """3 iterations of the demo Mask R-CNN on CPU, evaluating after the 2nd and the 3rd."""
     from detectron2.config import get_cfg
-
-    from orchestrator.training.trainer import Trainer
-
-    class FailingEvalTrainer(Trainer):
-        @classmethod
-        def build_evaluator(cls, cfg: Any, dataset_name: str) -> Any:
-            return _FailingEvaluator()
 
     cfg = get_cfg()
     cfg.merge_from_file(str(DEMO))
@@ -65,7 +60,19 @@ def test_training_survives_failing_evaluations(shapes: tuple[str, str], tmp_path
     cfg.SOLVER.STEPS, cfg.SOLVER.WARMUP_ITERS, cfg.TEST.EVAL_PERIOD = (), 0, 2
     cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MIN_SIZE_TEST = (64,), 64
     cfg.INPUT.MAX_SIZE_TRAIN = cfg.INPUT.MAX_SIZE_TEST = 64
-    cfg.OUTPUT_DIR = str(tmp_path)
+    cfg.OUTPUT_DIR = str(output_dir)
+    return cfg
+
+
+def test_training_survives_failing_evaluations(shapes: tuple[str, str], tmp_path: Path) -> None:
+    from orchestrator.training.trainer import Trainer
+
+    class FailingEvalTrainer(Trainer):
+        @classmethod
+        def build_evaluator(cls, cfg: Any, dataset_name: str) -> Any:
+            return _FailingEvaluator()
+
+    cfg = _cfg(shapes, tmp_path)
     errors: list[tuple[Exception, str]] = []
 
     def on_eval_error(error: Exception, text: str) -> None:
@@ -82,6 +89,45 @@ def test_training_survives_failing_evaluations(shapes: tuple[str, str], tmp_path
     assert (tmp_path / "model_final.pth").is_file()
     assert trainer.model.training  # detectron2 leaves it in eval mode after a failed inference
     assert not hasattr(trainer, "_last_eval_results")
+
+
+def test_evaluation_progress_is_reported_and_its_seconds_reach_mlflow(
+        shapes: tuple[str, str], tmp_path: Path) -> None:
+    from detectron2.data import DatasetCatalog
+    from mlflow.tracking import MlflowClient
+
+    from orchestrator.launch.progress import format_record
+    from orchestrator.tracking.run import RunTracker
+    from orchestrator.tracking.writer import MLflowWriter
+    from orchestrator.training.trainer import Trainer
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = RunTracker.create(tracking_uri=uri, experiment="eval", run_name="eval", tags={})
+    cfg = _cfg(shapes, tmp_path / "out")
+    (tmp_path / "out").mkdir()
+    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0  # an untrained model's detections, to score
+    statuses: list[dict[str, Any]] = []
+    writer = MLflowWriter(tracking_uri=uri, run_id=tracker.run_id, send_every_s=0)
+    trainer = Trainer(cfg, extra_writers=[writer], log_period=1,
+                      on_eval_progress=statuses.append)
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    tracker.finish("FINISHED")
+
+    images = len(DatasetCatalog.get(shapes[1]))
+    assert [s["phase"] for s in statuses] == ["inference", "scoring", "done"] * 2
+    assert statuses[0]["done"] == 0 and statuses[0]["total"] == images
+    done = statuses[-1]
+    assert done["done"] == images and 0 < done["scoring_seconds"] < done["seconds"]
+    assert "eval took" in format_record({"iter": 3, "max_iter": 3, "eval": done})
+    client = MlflowClient(tracking_uri=uri)
+    seconds = client.get_metric_history(tracker.run_id, "eval/seconds")
+    scoring = client.get_metric_history(tracker.run_id, "eval/scoring_seconds")
+    scores = client.get_metric_history(tracker.run_id, "segm/AP")
+    # One value per evaluation (after iteration 2 and the final one), beside its scores.
+    assert len(seconds) == 2
+    assert [m.step for m in seconds] == [m.step for m in scoring] == [m.step for m in scores]
+    assert all(0 < s.value < t.value for s, t in zip(scoring, seconds, strict=True))
 
 
 def test_build_cfg_carries_the_evaluation_budget(tmp_path: Path) -> None:
