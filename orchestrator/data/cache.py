@@ -39,7 +39,14 @@ from typing import Any
 import numpy as np
 import torch.utils.data
 
-from orchestrator.integrity import file_record, locked, read_record, record_problem, write_record
+from orchestrator.integrity import (
+    digest,
+    file_record,
+    locked,
+    read_record,
+    record_problem,
+    write_record,
+)
 
 __all__ = [
     "CacheSource",
@@ -75,11 +82,6 @@ def cache_root() -> Path | None:
         "orchestrator-data-cache")
 
 
-def _file_digest(path: str) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "blake2b").hexdigest()
-
-
 def cache_key(sources: Sequence[CacheSource], *, filter_empty: bool) -> str:
     """Content hash: the json bytes (not their path or mtime), image roots, filters, format."""
     import detectron2
@@ -87,7 +89,7 @@ def cache_key(sources: Sequence[CacheSource], *, filter_empty: bool) -> str:
     parts = [f"format={FORMAT}", f"detectron2={detectron2.__version__}",
              f"filter_empty={filter_empty}"]
     for source in sources:
-        parts += [_file_digest(source.json_file), source.image_root]
+        parts += [digest(Path(source.json_file)), source.image_root]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
 
 
