@@ -148,9 +148,14 @@ class ChunkedCOCOEvaluator(COCOEvaluator):
         images = self._gathered()
         if images is None:
             return {}
+        results = self._score(images, img_ids) if images else {}
         if not images:
             logger.warning("no predictions to evaluate on %s", self._dataset_name)
-            return {}
+        self.progress.finish()
+        return results
+
+    def _score(self, images: list[tuple[int, list[dict[str, Any]]]],
+               img_ids: list[int] | None) -> dict[str, Any]:
         records = self._to_dataset_ids(list(itertools.chain(*(r for _, r in images))))
         if self._out:
             self._save(records, self._out)
@@ -164,7 +169,6 @@ class ChunkedCOCOEvaluator(COCOEvaluator):
             results = score_coco(ground_truth, records, tasks=tasks, img_ids=img_ids,
                                  class_names=self._metadata_value("thing_classes"),
                                  max_dets_per_image=self._max_dets)
-        self.progress.finish()
         _log_results(results)
         return results
 

@@ -143,8 +143,9 @@ class Trainer(DefaultTrainer):
         for tracker in progress:
             tracker.report = self._on_eval_progress
         self._last_eval_results = self.test(self.cfg, self.model, evaluators)
-        self.storage.put_scalar("eval/seconds", time.perf_counter() - start,
-                                smoothing_hint=False)
+        if evaluators:  # no test set, nothing to time
+            self.storage.put_scalar("eval/seconds", time.perf_counter() - start,
+                                    smoothing_hint=False)
         scored = [t.scoring_seconds for t in progress if t.scoring_seconds is not None]
         if scored:  # rank 0
             self.storage.put_scalar("eval/scoring_seconds", sum(scored), smoothing_hint=False)

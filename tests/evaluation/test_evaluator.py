@@ -24,6 +24,7 @@ from orchestrator.data import synth
 from orchestrator.evaluation import (
     DEFAULT_CHUNK_BYTES,
     ChunkedCOCOEvaluator,
+    EvalProgress,
     GlobalMasks,
     aligned_bilinear,
 )
@@ -150,3 +151,19 @@ def test_trainer_builds_it_from_the_cfg(dataset: list[dict[str, Any]], tmp_path:
     assert evaluator._chunk_bytes == 12345 and evaluator._cpu_fallback is False
     cfg.pop("ORCHESTRATOR")  # a cfg not made by build_cfg gets the defaults
     assert Trainer.build_evaluator(cfg, NAME)._chunk_bytes == DEFAULT_CHUNK_BYTES
+
+
+def test_progress_counts_the_images_and_a_class_beyond_the_dataset_is_named(
+        dataset: list[dict[str, Any]]) -> None:
+    statuses: list[dict[str, Any]] = []
+    evaluator = ChunkedCOCOEvaluator(NAME, progress=EvalProgress(statuses.append, every_s=0))
+    evaluator.reset()
+    beyond = Instances((64, 64), pred_boxes=Boxes(torch.tensor([[1.0, 1.0, 20.0, 20.0]])),
+                       scores=torch.tensor([0.9]),
+                       pred_classes=torch.tensor([len(synth.CLASSES)]))
+    evaluator.process([{"image_id": dataset[0]["image_id"]}], [{"instances": beyond}])
+    assert [(s["phase"], s["done"], s["total"]) for s in statuses] == [
+        ("inference", 0, len(dataset)), ("inference", 1, len(dataset))]
+    assert statuses[-1]["eta_s"] is not None
+    with pytest.raises(ValueError, match=r"class 4, but .* has 4 classes .* NUM_CLASSES"):
+        evaluator.evaluate()

@@ -40,8 +40,10 @@ def test_two_workers_train_and_mlflow_records_everything(workdir: Path) -> None:
     history = client.get_metric_history(run.info.run_id, "total_loss")
     steps = [m.step for m in history]
     assert steps == sorted(set(steps)) and steps[-1] == 5 and len(steps) >= 3
-    for name in ("loss_cls", "loss_mask", "lr", "time", "bbox/AP", "segm/AP"):
+    for name in ("loss_cls", "loss_mask", "lr", "time", "bbox/AP", "segm/AP", "eval/seconds",
+                 "eval/scoring_seconds"):
         assert name in run.data.metrics, name
+    assert "eval took" in result.output  # the final evaluation's cost, on the progress line
     artifacts = workdir / "mlruns" / run.info.run_id / "artifacts"
     for name in ("job.yaml", "config.yaml", "metrics.json", "evaluation.json",
                  "checkpoints/model_final.pth"):
