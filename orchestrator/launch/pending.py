@@ -100,12 +100,14 @@ class PendingWatch:
         since: float | None = None
         told = 0.0
         while not self._stop.wait(_POLL_S):
+            if self._progressing():  # placed and training: the wait, if any, is over
+                since = None
+                continue
             try:
-                workers = 0 if self._progressing() else self._pending_workers()
+                workers = self._pending_workers()
             except Exception:  # noqa: BLE001 - Ray going away as fit() ends
                 continue
-            if not workers:
-                since = None
+            if not workers:  # placed, or between Ray Train's tries (a new group every 60 s)
                 continue
             now = time.monotonic()
             since = since or now

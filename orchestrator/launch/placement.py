@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 import urllib.request
 from typing import Any
 
@@ -56,18 +57,32 @@ def placement_problem(spec: JobSpec, nodes: list[dict[str, float]], where: str) 
     return None
 
 
-def _can_grow(address: str) -> bool | None:
+def _autoscaler_report(address: str) -> dict[str, Any] | None:
+    """The autoscaler's last report from the dashboard; None if it has none (yet)."""
+    with urllib.request.urlopen(f"{address.rstrip('/')}/api/cluster_status",  # noqa: S310
+                                timeout=10) as answer:
+        status = (json.load(answer).get("data") or {}).get("clusterStatus") or {}
+    report = status.get("autoscalerReport")
+    return report if report and report.get("nodeTypeMapping") else None
+
+
+def _can_grow(address: str, wait_s: float = 20) -> bool | None:
     """Whether the cluster's autoscaler knows node types it could launch (None: unknown).
     Nodes started without an autoscaling config (``ray start``, ``cluster up``) are typed
-    ``node_<id>`` in its report."""
-    try:
-        with urllib.request.urlopen(f"{address.rstrip('/')}/api/cluster_status",  # noqa: S310
-                                    timeout=10) as answer:
-            report = json.load(answer)["data"]["clusterStatus"]["autoscalerReport"]
-    except Exception:  # noqa: BLE001 - an older or guarded dashboard: do not guess
-        return None
-    types = (report.get("nodeTypeMapping") or {}).values()
-    return any(not str(t).startswith("node_") for t in types)
+    ``node_<id>`` in its report. A head started seconds ago has no report yet: wait for the
+    first (the monitor writes one every few seconds)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            report = _autoscaler_report(address)
+        except Exception:  # noqa: BLE001 - an older or guarded dashboard: do not guess
+            return None
+        if report is not None:
+            types = report["nodeTypeMapping"].values()
+            return any(not str(t).startswith("node_") for t in types)
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(1)
 
 
 def _node_resources(address: str) -> list[dict[str, float]] | None:

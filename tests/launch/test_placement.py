@@ -48,7 +48,8 @@ def two_small_nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluste
 def test_workers_no_node_can_hold_are_refused_before_submission(
         workdir: Path, two_small_nodes: ClusterProcess) -> None:
     job = write_spec(workdir / "tiny.yaml", TINY_JOB)
-    args = ["submit", str(job), *job_args(workdir, two_small_nodes)]
+    # A job that got through anyway must not wait 900 s: it fails, and so does the test.
+    args = ["submit", str(job), *job_args(workdir, two_small_nodes), "run.pending_timeout_s=60"]
     big = runner.invoke(app, [*args, "resources.cpus_per_worker=2"])
     assert big.exit_code == 2, big.output
     assert "one worker needs 2 CPU but no node" in said(big) and "[1 CPU], [1 CPU]" in said(big)
