@@ -62,7 +62,7 @@ def test_a_live_drivers_run_is_refused_then_stopped_by_run_id(workdir: Path) -> 
 
 @pytest.mark.slow
 def test_a_sigkilled_driver_is_resumed_into_the_same_run(workdir: Path) -> None:
-    spec = TINY_JOB.replace("max_iter: 6", "max_iter: 14").replace(
+    spec = TINY_JOB.replace("max_iter: 6", "max_iter: 40").replace(
         "checkpoint_period: 100", "checkpoint_period: 4").replace("log_period: 2", "log_period: 1")
     write_spec(workdir / "tiny.yaml", spec)
     client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}")
@@ -85,7 +85,7 @@ def test_a_sigkilled_driver_is_resumed_into_the_same_run(workdir: Path) -> None:
     run = the_run(client)
     assert run.info.status == "RUNNING"  # nobody closed it
     before = logged_steps(client)
-    assert before and before[-1] < 13, before
+    assert before and before[-1] < 39, before  # killed mid-training
 
     listed = runner.invoke(app, ["runs", "list", "--stale"])
     assert run.info.run_id in listed.output, listed.output
@@ -96,7 +96,7 @@ def test_a_sigkilled_driver_is_resumed_into_the_same_run(workdir: Path) -> None:
     resumed = the_run(client)
     assert resumed.info.run_id == run.info.run_id and resumed.info.status == "FINISHED"
     steps = logged_steps(client)
-    assert steps == sorted(set(steps)) and steps[-1] == 13, steps  # none twice, all after it
+    assert steps == sorted(set(steps)) and steps[-1] == 39, steps  # none twice, all after it
     assert set(before) < set(steps)
     logs = "".join(p.read_text() for p in (workdir / ".orchestrator" / "output").glob("*/log.txt"))
     assert "restored from Ray checkpoint at iteration" in logs

@@ -87,3 +87,40 @@ def test_stop_of_an_unknown_run_is_bad_input(workdir: Path) -> None:
     RunTracker.create(tracking_uri=uri, experiment="e", run_name="x", tags={}).finish("FINISHED")
     result = runner.invoke(app, ["stop", "0" * 32, "--tracking-uri", uri])
     assert result.exit_code == 2 and "no such MLflow run" in result.output
+
+
+# A driver that keeps its run open until SIGTERM, which it handles as `orchestrator` does.
+WAITING_DRIVER = """
+import signal, sys, time
+from orchestrator.launch.signals import raise_interrupt
+from orchestrator.tracking.run import RunTracker
+signal.signal(signal.SIGTERM, raise_interrupt)
+t = RunTracker.create(tracking_uri=sys.argv[1], experiment="e", run_name="r", tags={})
+print(t.run_id, flush=True)
+try:
+    time.sleep(600)
+except KeyboardInterrupt:
+    t.finish("KILLED")
+"""
+
+
+def test_a_stop_asked_through_the_tag_is_read_by_the_drivers_heartbeat(workdir: Path) -> None:
+    """How ``orchestrator stop`` reaches a driver on another machine: the stop tag, read with
+    the next heartbeat (at most HEARTBEAT_S later)."""
+    from orchestrator.tracking.heartbeat import HEARTBEAT_S, TAG_STOP
+
+    uri = f"sqlite:///{workdir / 'mlflow.db'}"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-c", WAITING_DRIVER, uri], env=env,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        run_id = proc.stdout.readline().strip()
+        MlflowClient(tracking_uri=uri).set_tag(run_id, TAG_STOP, f"{time.time():.0f}")
+        proc.wait(timeout=HEARTBEAT_S + 30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        if proc.stdout is not None:
+            proc.stdout.close()
+    assert MlflowClient(tracking_uri=uri).get_run(run_id).info.status == "KILLED"
