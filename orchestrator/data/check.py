@@ -302,6 +302,9 @@ def _is_int(value: Any) -> bool:
 
 def is_id(value: Any) -> bool:
     """Usable as an id: hashable and not a float/bool (1.0 and True would alias 1)."""
+    kind = type(value)
+    if kind is int or kind is str:  # what json gives, tested first
+        return True
     return isinstance(value, int | str) and not isinstance(value, bool)
 
 

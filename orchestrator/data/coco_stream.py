@@ -29,6 +29,7 @@ __all__ = ["Irregular", "CocoFile", "stream_coco"]
 STREAMED = "annotations"
 CHUNK = 1 << 22  # characters read at a time
 _TAIL = 4  # a number ending this close to the window's end may go on after it
+_REFILL = 1 << 16  # read more once less than this is left unread
 _MAX_VALUE = 1 << 26  # a single element larger than this: leave it to json.load
 _WHITESPACE = re.compile(r"[ \t\n\r]*")  # what the json module skips between tokens
 _SEPARATOR = re.compile(r"[ \t\n\r]*([,\]])[ \t\n\r]*")
@@ -49,7 +50,8 @@ class _Window:
         self.text = ""
         self.pos = 0
 
-    def _more(self) -> bool:
+    def more(self) -> bool:
+        """Read another chunk after the unread part; False at the end of the file."""
         data = "" if self._eof else self._f.read(self._chunk)
         if not data:
             self._eof = True
@@ -66,7 +68,7 @@ class _Window:
             self.pos = match.end()
             if self.pos < len(self.text):
                 return self.text[self.pos]
-            if not self._more():
+            if not self.more():
                 return ""
 
     def take(self, expected: str) -> None:
@@ -85,10 +87,10 @@ class _Window:
             try:
                 value, end = _DECODER.raw_decode(self.text, self.pos)
             except json.JSONDecodeError as exc:
-                if len(self.text) - self.pos < _MAX_VALUE and self._more():
+                if len(self.text) - self.pos < _MAX_VALUE and self.more():
                     continue
                 raise Irregular(str(exc)) from None
-            if end < len(self.text) - _TAIL or not self._more():
+            if end < len(self.text) - _TAIL or not self.more():
                 self.pos = end
                 return value
 
@@ -104,6 +106,8 @@ def _elements(window: _Window) -> Iterator[Any]:
         return
     decode = _DECODER.raw_decode
     while True:
+        if len(window.text) - window.pos < _REFILL:  # read on before an element is cut:
+            window.more()  # a failed decode costs a line count of the whole window
         text, pos = window.text, window.pos
         try:
             value, end = decode(text, pos)
