@@ -88,7 +88,7 @@ def cached_check(json_file: Path, image_root: Path, *, cache: Path | None,
             problem = f"{cache / key} does not hold a check report ({exc!r})"
         else:
             _tell(note, f"data check: {json_file.name} and its images are unchanged since "
-                        f"the check stored in {cache / key}: reusing its result")
+                        "the last check: reusing its result")
             return report
     if problem is not None:
         _tell(note, f"note: {problem}; checking the data again")
