@@ -11,7 +11,6 @@ again. Entries live in ``.orchestrator/checks/`` of the working directory (``mem
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -53,11 +52,6 @@ def check_key(json_file: Path, image_root: Path, *, decode: bool) -> str:
     })
 
 
-def _stat(path: Path) -> tuple[int, ...]:
-    st = os.stat(path)
-    return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
-
-
 def cached_check(json_file: Path, image_root: Path, *, cache: Path | None,
                  workers: int | None = None, progress: Progress | None = None,
                  decode: bool = False, note: Note | None = None,
@@ -76,7 +70,6 @@ def cached_check(json_file: Path, image_root: Path, *, cache: Path | None,
                              decode=decode)
     try:
         key = check_key(json_file, image_root, decode=decode)
-        before = _stat(json_file)
     except OSError:  # missing or unreadable: check_dataset says so as an InputError
         return check_dataset(json_file, image_root, workers=workers, progress=progress,
                              decode=decode)
@@ -94,8 +87,12 @@ def cached_check(json_file: Path, image_root: Path, *, cache: Path | None,
         _tell(note, f"note: {problem}; checking the data again")
     report = check_dataset(json_file, image_root, workers=workers, progress=progress,
                            decode=decode)
-    if _stat(json_file) == before:  # not rewritten while it was checked
-        memo.store_entry(cache, key, report.to_dict())
+    try:
+        if check_key(json_file, image_root, decode=decode) == key:  # none changed meanwhile
+            memo.store_entry(cache, key, report.to_dict())
+    except OSError as exc:  # a cache that cannot be written costs time, not the check
+        _tell(note, f"note: cannot store the data check's result in {cache} ({exc}); the "
+                    "next run checks again")
     return report
 
 

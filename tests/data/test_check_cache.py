@@ -181,6 +181,14 @@ def test_damaged_entry_is_checked_again_with_a_note(data: Data,
     assert data.check() == fresh and data.reused()  # rewritten whole
 
 
+def test_a_cache_that_cannot_be_written_costs_only_time(data: Data) -> None:
+    data.cache.parent.mkdir(parents=True)
+    data.cache.write_text("a file where the folder should be", encoding="utf-8")
+    report = data.check()
+    assert report == check_dataset(data.json_file, data.images)
+    assert "cannot store the data check's result" in data.notes[-1]
+
+
 def test_no_cache_folder_means_no_entries(data: Data) -> None:
     report = cached_check(data.json_file, data.images, cache=None)
     assert report == check_dataset(data.json_file, data.images)
