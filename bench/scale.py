@@ -1,10 +1,12 @@
 """Data at COCO scale: the driver's pre-flight and each worker's dataset load, today vs cached.
 
 Writes a COCO-2017-sized instances file (118,287 images, ~860k polygon instances; every image
-is a hard link to a 640x480 PNG header, enough for the pre-flight's header reads and for the
-load path, which never opens images), then measures, each in fresh processes:
+is a hard link to one valid 640x480 PNG of 1 KB, which Pillow opens as the pre-flight's header
+reads do; the load path never opens images), then measures, each in fresh processes:
 
-1. the driver's pre-flight (``resolve_data`` + ``check_dataset``): seconds and peak RSS;
+1. the driver's pre-flight (``resolve_data`` + the data check, as ``submit`` runs them):
+   (a) cold, with an empty ``.orchestrator/checks``, and (b) cached, the same command again
+   with nothing changed: seconds and peak RSS of each, and the ratio cold/cached;
 2. two worker processes on this node loading the training set at the same time, as two Ray
    workers do in ``Trainer.build_train_loader``:
    (a) today: each parses the json (detectron2's ``get_detection_dataset_dicts``) and
@@ -33,6 +35,7 @@ import tempfile
 import time
 import zlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -40,12 +43,19 @@ REPO = Path(__file__).resolve().parents[1]
 COCO_IMAGES, COCO_INSTANCES = 118_287, 860_001
 
 
-def png_header(width: int, height: int) -> bytes:
-    """A PNG that PIL can size (signature + IHDR) without any pixel data."""
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    chunk = b"IHDR" + ihdr
-    return (b"\x89PNG\r\n\x1a\n" + struct.pack(">I", len(ihdr)) + chunk
-            + struct.pack(">I", zlib.crc32(chunk)))
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return (struct.pack(">I", len(data)) + kind + data
+            + struct.pack(">I", zlib.crc32(kind + data)))
+
+
+def png_file(width: int, height: int) -> bytes:
+    """A black RGB PNG (IHDR, IDAT, IEND): about 1 KB for 640x480. A bare signature + IHDR
+    is not enough: Pillow 13 then fails to open the file, and every image would be a
+    ``unreadable_image`` error instead of a header read."""
+    rows = (b"\x00" + bytes(3 * width)) * height
+    return (b"\x89PNG\r\n\x1a\n"
+            + _chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + _chunk(b"IDAT", zlib.compress(rows, 9)) + _chunk(b"IEND", b""))
 
 
 def write_dataset(folder: Path, scale: float, seed: int = 0) -> Path:
@@ -60,8 +70,8 @@ def write_dataset(folder: Path, scale: float, seed: int = 0) -> Path:
         name = f"{image_id:012d}.png"
         link = images_dir / name
         template = images_dir / f"template{image_id // 50_000}.png"  # ext4: 65,000 links
-        if not template.exists():
-            template.write_bytes(png_header(640, 480))
+        if not template.exists() or template.stat().st_size < 100:  # or an older bare header
+            template.write_bytes(png_file(640, 480))
         if not link.exists():
             os.link(template, link)
         images.append({"id": image_id, "file_name": name, "width": 640, "height": 480})
@@ -107,16 +117,23 @@ def reset_hwm():
 PREFLIGHT = _RSS + """
 import sys, time, json
 from pathlib import Path
-from orchestrator.data.check import check_dataset
-from orchestrator.data.catalog import count_usable_images
+from orchestrator.data.catalog import resolve_data
+from orchestrator.data.check import preflight
+from orchestrator.spec import parse_spec
+json_file, image_root, checks = sys.argv[1], sys.argv[2], Path(sys.argv[3])
+spec = parse_spec({"name": "scale", "model": {"arch": "mask_rcnn", "config": "x.yaml"},
+                   "solver": {"reference_lr": 0.01, "max_iter": 1},
+                   "data": {"train": {"json_file": json_file, "image_root": image_root}}})
+notes = []
 start = time.perf_counter()
-check_dataset(Path(sys.argv[1]), Path(sys.argv[2]))
-checked = time.perf_counter() - start
-coco = json.load(open(sys.argv[1]))
-count_usable_images(coco)
-print(json.dumps({"seconds": time.perf_counter() - start, "check_s": checked,
-                  "peak_rss": hwm(), "images": len(coco["images"]),
-                  "instances": len(coco["annotations"])}))
+data = resolve_data(spec, cache_root=checks.parent / "datasets", checks=checks)
+resolved = time.perf_counter() - start
+report, = preflight(data, cache=checks, note=notes.append)
+print(json.dumps({"seconds": time.perf_counter() - start, "resolve_s": resolved,
+                  "check_s": time.perf_counter() - start - resolved, "peak_rss": hwm(),
+                  "images": report.num_images, "instances": report.num_annotations,
+                  "usable": data.usable_images, "defects": report.counts,
+                  "reused": any("reusing" in n for n in notes)}))
 """
 
 WORKER = _RSS + """
@@ -146,9 +163,10 @@ print(json.dumps({"seconds": seconds, "added_rss": hwm() - before, "items": len(
 """
 
 
-def preflight(json_file: Path, image_root: Path) -> dict[str, float]:
-    out = subprocess.run([sys.executable, "-c", PREFLIGHT, str(json_file), str(image_root)],
-                         check=True, capture_output=True, text=True, env=_env()).stdout
+def preflight(json_file: Path, image_root: Path, checks: Path) -> dict[str, Any]:
+    out = subprocess.run([sys.executable, "-c", PREFLIGHT, str(json_file), str(image_root),
+                          str(checks)], check=True, capture_output=True, text=True,
+                         env=_env()).stdout
     return json.loads(out.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
@@ -179,6 +197,12 @@ def _gb(value: float) -> str:
     return f"{value / 2**30:.2f} GiB"
 
 
+def _preflight_line(label: str, result: dict[str, Any], load: float) -> str:
+    return (f"{label:<22}{result['seconds']:6.1f} s (resolve_data {result['resolve_s']:.1f} s, "
+            f"data check {result['check_s']:.1f} s), peak RSS {_gb(result['peak_rss'])} "
+            f"[load {load:.1f}]")
+
+
 def _line(label: str, results: list[dict]) -> str:
     return (f"{label:<28}" + "   ".join(
         f"worker {i}: {r['seconds']:6.1f} s, +{_gb(r['added_rss'])}"
@@ -202,7 +226,11 @@ def main() -> None:
         json_mib = json_file.stat().st_size / 2**20
         image_root = folder / "images"
         cache = Path(tmp) / "cache"
-        check = preflight(json_file, image_root)
+        checks = Path(tmp) / "orchestrator" / "checks"
+        cold_load = os.getloadavg()[0]
+        check = preflight(json_file, image_root, checks)
+        cached_load = os.getloadavg()[0]
+        cached = preflight(json_file, image_root, checks)
         today = two_workers("today", json_file, image_root, cache)
         first = two_workers("cached", json_file, image_root, cache)
         second = two_workers("cached", json_file, image_root, cache)
@@ -212,8 +240,13 @@ def main() -> None:
     print(f"dataset: {check['images']} images, {check['instances']} polygon instances, json "
           f"{json_mib:.0f} MiB (written in {written:.0f} s), {today[0]['items']} usable "
           f"images; cache {serialized / 2**20:.0f} MiB")
-    print(f"driver pre-flight: {check['seconds']:.1f} s (check_dataset {check['check_s']:.1f} s), "
-          f"peak RSS {_gb(check['peak_rss'])}")
+    print(_preflight_line("pre-flight, cold:", check, cold_load))
+    print(_preflight_line("pre-flight, cached:", cached, cached_load))
+    same = cached["defects"] == check["defects"] and cached["usable"] == check["usable"]
+    print(f"pre-flight cold/cached: {check['seconds'] / cached['seconds']:.0f}x the time, "
+          f"{check['peak_rss'] / cached['peak_rss']:.1f}x the peak RSS; cached run reused the "
+          f"check: {'yes' if cached['reused'] else 'NO'}; same findings: "
+          f"{'yes' if same else 'NO'} ({check['defects'] or 'no defects'})")
     print(_line("today (each parses):", today))
     print(_line("cached, first submit:", first)
           + f"   (parser child peak {_gb(max(r['child_peak_rss'] for r in first))})")

@@ -307,13 +307,22 @@ def data_check(
     decode: Annotated[bool, typer.Option(
         "--decode", help="Also decode every image in full (threaded; slower) to find truncated "
         "or corrupt files.")] = False,
+    no_cache: Annotated[bool, typer.Option(
+        "--no-cache", help="Check again even if the json and the image files (names, sizes, "
+        "modification times) are unchanged since the check stored in .orchestrator/checks "
+        "(and store the new result).")]
+    = False,
 ) -> None:
-    """Check a COCO dataset against its images; exit 2 on any error (warnings are fine)."""
+    """Check a COCO dataset against its images; exit 2 on any error (warnings are fine).
+
+    The result is kept in .orchestrator/checks/ of the current folder; an unchanged dataset
+    is not read again (here, by submit, a resume or a sweep).
+    """
     from contextlib import ExitStack
 
     from rich.progress import Progress
 
-    from orchestrator.data.check import check_dataset
+    from orchestrator.data.check_cache import cache_folder, cached_check
     from orchestrator.data.fix import fix_dataset
 
     with ExitStack() as stack:
@@ -326,8 +335,10 @@ def data_check(
             summary = fix_dataset(ann, images, fix, overwrite=overwrite, workers=workers,
                                   progress=progress, decode=decode)
             console.print(summary.format(), highlight=False)
-        report = check_dataset(fix or ann, images, workers=workers, progress=progress,
-                               decode=decode)
+        report = cached_check(fix or ann, images, workers=workers, progress=progress,
+                              decode=decode, cache=cache_folder(Path.cwd()), reuse=not no_cache,
+                              note=lambda text: console.print(text, style="dim",
+                                                              highlight=False))
     table = console.is_terminal and report.defects  # plain text for logs and pipes
     console.print(report.table() if table else report.format(), highlight=False)
     if report.has_errors:

@@ -7,12 +7,15 @@ reads the class names. Workers register the same files with detectron2 (``regist
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from orchestrator.data import memo
+from orchestrator.data.coco_stream import stream_coco
 from orchestrator.errors import InputError
 from orchestrator.spec import DatasetSpec, JobSpec
 
@@ -24,6 +27,7 @@ __all__ = [
     "count_usable_images",
 ]
 
+SUMMARY_VERSION = 1  # bump when the count or the class names are computed differently
 # Registered detectron2 names we can locate on disk, relative to $DETECTRON2_DATASETS.
 KNOWN_DATASETS: dict[str, tuple[str, str]] = {
     "coco_2017_train": ("coco/train2017", "coco/annotations/instances_train2017.json"),
@@ -83,7 +87,53 @@ def _load_json(path: Path) -> dict[str, Any]:
 def count_usable_images(coco: dict[str, Any]) -> int:
     """Images with at least one non-crowd annotation: what detectron2 keeps for training."""
     with_objects = {a["image_id"] for a in coco["annotations"] if not a.get("iscrowd", 0)}
-    return sum(1 for img in coco["images"] if img["id"] in with_objects)
+    return _count_in(coco["images"], with_objects)
+
+
+def _count_in(images: Any, with_objects: set[Any]) -> int:
+    return sum(1 for img in images if img["id"] in with_objects)
+
+
+def _read_summary(path: Path) -> tuple[int, tuple[str, ...]]:
+    """Usable image count and class names, the annotations streamed one at a time
+    (``coco_stream``); anything irregular is read the original way, for its exact error."""
+    with_objects: set[Any] = set()
+    irregular: list[bool] = []
+
+    def each(ann: Any) -> None:
+        try:
+            if not ann.get("iscrowd", 0):
+                with_objects.add(ann["image_id"])
+        except (AttributeError, KeyError, TypeError):
+            irregular.append(True)
+
+    try:
+        coco = stream_coco(path, each=each)
+    except (OSError, ValueError):
+        irregular.append(True)
+    if irregular or coco.path is None:
+        raw = _load_json(path)
+        return count_usable_images(raw), _class_names(raw)
+    if "images" not in coco.top or "annotations" not in coco.top:
+        _load_json(path)  # raises its InputError
+    return _count_in(coco.top["images"], with_objects), _class_names(coco.top)
+
+
+def _summary(path: Path, checks: Path | None) -> tuple[int, tuple[str, ...]]:
+    """``_read_summary``, kept in ``checks`` under the json's SHA-256 (``memo``)."""
+    key = None
+    if checks is not None:
+        with contextlib.suppress(OSError):  # unreadable: _read_summary says so
+            key = memo.entry_key("summary", {"version": SUMMARY_VERSION,
+                                             "json_sha256": memo.file_digest(path)})
+    stored, _ = memo.load_entry(checks, key) if checks and key else (None, None)
+    if isinstance(stored, dict) and isinstance(stored.get("usable_images"), int) \
+            and isinstance(stored.get("class_names"), list):
+        return stored["usable_images"], tuple(stored["class_names"])
+    usable, names = _read_summary(path)
+    if checks is not None and key is not None:  # a damaged entry is simply replaced
+        memo.store_entry(checks, key, {"usable_images": usable, "class_names": list(names)})
+    return usable, names
 
 
 def _class_names(coco: dict[str, Any]) -> tuple[str, ...]:
@@ -132,10 +182,12 @@ def _synthetic(spec: JobSpec, cache_root: Path, generate: bool) -> tuple[Resolve
 
 
 def resolve_data(spec: JobSpec, *, cache_root: Path, base: Path | None = None,
-                 strict: bool = True, generate: bool = True) -> ResolvedData:
+                 strict: bool = True, generate: bool = True,
+                 checks: Path | None = None) -> ResolvedData:
     """Find the datasets, generate the synthetic one if asked, count and name classes.
 
-    ``strict=False`` (dry runs) tolerates missing files: the count stays unknown.
+    ``strict=False`` (dry runs) tolerates missing files: the count stays unknown. ``checks``
+    keeps the count and names by the json's content (``check_cache.cache_folder``).
     """
     base = base or Path.cwd()
     test: ResolvedDataset | None
@@ -150,6 +202,5 @@ def resolve_data(spec: JobSpec, *, cache_root: Path, base: Path | None = None,
             _check_exists(ds, field)
     if not Path(train.json_file).is_file():
         return ResolvedData(train=train, test=test, usable_images=None, class_names=())
-    coco = _load_json(Path(train.json_file))
-    return ResolvedData(train=train, test=test, usable_images=count_usable_images(coco),
-                        class_names=_class_names(coco))
+    usable, names = _summary(Path(train.json_file), checks)
+    return ResolvedData(train=train, test=test, usable_images=usable, class_names=names)

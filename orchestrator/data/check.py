@@ -13,16 +13,18 @@ from __future__ import annotations
 
 import json
 import math
+import operator
 import os
 from collections import Counter
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from PIL import Image
 
+from orchestrator.data.coco_stream import CocoFile, stream_coco
 from orchestrator.errors import InputError
 
 if TYPE_CHECKING:
@@ -41,6 +43,7 @@ __all__ = [
     "preflight",
     "raise_for_errors",
     "load_coco",
+    "open_coco",
     "image_size",
     "scan_image_sizes",
     "default_workers",
@@ -64,6 +67,7 @@ MIN_POLYGON_AREA = 1e-6
 # EXIF orientations that rotate by 90 degrees: detectron2's read_image applies them.
 _TRANSPOSING_ORIENTATIONS = frozenset({5, 6, 7, 8})
 _EXIF_ORIENTATION = 0x0112
+_PLAIN_NUMBERS = frozenset({int, float})  # exactly these types: bool is not one
 
 
 @dataclass(frozen=True)
@@ -228,6 +232,25 @@ class CheckReport:
             lines.append(f"  to write a corrected copy: {self.fix_command()}")
         return "\n".join(lines)
 
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON values (ids as written in the json keep their types): ``from_dict``
+        gives back an equal report, so a cached one prints exactly as a fresh one."""
+        return {"json_file": str(self.json_file), "image_root": str(self.image_root),
+                "num_images": self.num_images, "num_annotations": self.num_annotations,
+                "usable_images": self.usable_images,
+                "defects": [{"code": d.code, "count": d.count,
+                             "examples": [asdict(e) for e in d.examples]}
+                            for d in self.defects]}
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> CheckReport:
+        defects = tuple(Defect(DEFECT_CLASSES[d["code"]], d["count"],
+                               tuple(Example(**e) for e in d["examples"]))
+                        for d in raw["defects"])
+        return cls(json_file=Path(raw["json_file"]), image_root=Path(raw["image_root"]),
+                   num_images=raw["num_images"], num_annotations=raw["num_annotations"],
+                   usable_images=raw["usable_images"], defects=defects)
+
     def table(self) -> Table:
         """The same content as ``format()`` as a rich table, for terminals."""
         from rich.table import Table
@@ -279,19 +302,39 @@ def _is_int(value: Any) -> bool:
 
 def is_id(value: Any) -> bool:
     """Usable as an id: hashable and not a float/bool (1.0 and True would alias 1)."""
+    kind = type(value)
+    if kind is int or kind is str:  # what json gives, tested first
+        return True
     return isinstance(value, int | str) and not isinstance(value, bool)
+
+
+def _all_numbers(values: list[Any]) -> bool:
+    """``all(map(_is_number, values))``, at C speed for the usual list of plain floats and
+    ints with a finite sum; anything else (bools, inf, NaN, an overflowing sum, huge ints)
+    takes the exact element-by-element path."""
+    if set(map(type, values)) <= _PLAIN_NUMBERS:
+        try:
+            if math.isfinite(sum(values)):
+                return True
+        except OverflowError:
+            pass
+    return all(map(_is_number, values))
 
 
 def polygon_area(poly: Sequence[float]) -> float:
     """Shoelace area of a flat [x0, y0, x1, y1, ...] polygon."""
-    xs, ys = poly[0::2], poly[1::2]
-    nxt_x, nxt_y = [*xs[1:], *xs[:1]], [*ys[1:], *ys[:1]]
-    return abs(sum(x * y1 - x1 * y for x, y, x1, y1 in zip(xs, ys, nxt_x, nxt_y, strict=True))) / 2
+    xs, ys = list(poly[0::2]), list(poly[1::2])
+    if len(xs) != len(ys):
+        raise ValueError(f"polygon has an odd number of coordinates ({len(poly)})")
+    nxt_x, nxt_y = xs[1:] + xs[:1], ys[1:] + ys[:1]
+    # sum of x * y1 - x1 * y, term by term in order: the same float as a Python loop
+    return abs(sum(map(operator.sub, map(operator.mul, xs, nxt_y),
+                       map(operator.mul, nxt_x, ys)))) / 2
 
 
 def polygon_problem(poly: Any) -> str | None:
     """Why detectron2 would drop this polygon (it keeps even-length lists of >= 6 numbers)."""
-    if not isinstance(poly, list) or not all(_is_number(v) for v in poly):
+    if not isinstance(poly, list) or not _all_numbers(poly):
         return f"polygon is not a flat list of numbers: {_short(poly)}"
     if len(poly) % 2:
         return f"polygon has an odd number of coordinates ({len(poly)})"
@@ -305,7 +348,7 @@ def polygon_problem(poly: Any) -> str | None:
 def bbox_problem(bbox: Any, size: Size) -> tuple[str, str] | None:
     """(defect code, detail) for a COCO [x, y, w, h] box in an image of ``size``, or None."""
     width, height = size
-    if not isinstance(bbox, list) or len(bbox) != 4 or not all(_is_number(v) for v in bbox):
+    if not isinstance(bbox, list) or len(bbox) != 4 or not _all_numbers(bbox):
         return "degenerate_box", f"bbox {_short(bbox)} is not 4 finite numbers"
     x, y, w, h = bbox
     if w <= 0 or h <= 0:
@@ -377,12 +420,28 @@ def load_coco(json_file: Path) -> dict[str, Any]:
         raise InputError(f"{json_file}: annotation file not found") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InputError(f"{json_file}: cannot read COCO json: {exc}") from None
+    _require_lists(json_file, coco)
+    return coco
+
+
+def _require_lists(json_file: Path, coco: Any) -> None:
     if not isinstance(coco, dict):
         raise InputError(f"{json_file}: not a COCO instances file (top level is not an object)")
     for key in ("images", "annotations", "categories"):
         if not isinstance(coco.get(key), list):
             raise InputError(f"{json_file}: not a COCO instances file: '{key}' must be a list "
                              f"(got {type(coco.get(key)).__name__})")
+
+
+def open_coco(json_file: Path) -> CocoFile:
+    """``load_coco`` with the annotations left in the file, read one at a time when the check
+    gets to them (a few hundred MB instead of 2 GiB at COCO size). Files the streaming reader
+    does not take are loaded whole, so contents and errors are ``load_coco``'s either way."""
+    try:
+        coco = stream_coco(json_file)
+    except (OSError, ValueError):
+        return CocoFile.loaded(load_coco(json_file))
+    _require_lists(json_file, coco.top)
     return coco
 
 
@@ -607,7 +666,7 @@ def _check_annotation(ann: Any, images: dict[Hashable, dict[str, Any]],
     return _check_geometry(ann, size, example, found)
 
 
-def _check_annotations(annotations: list[Any], images: dict[Hashable, dict[str, Any]],
+def _check_annotations(annotations: Iterable[Any], images: dict[Hashable, dict[str, Any]],
                        sizes: dict[Hashable, Size], categories: set[Hashable],
                        found: _Found) -> set[Hashable]:
     """Check every annotation and duplicate ids; return the ids of images with a usable one."""
@@ -643,21 +702,22 @@ def check_dataset(json_file: Path, image_root: Path, *, workers: int | None = No
     image in full (finds truncated files; slower).
     """
     json_file, image_root = Path(json_file), Path(image_root)
-    coco = load_coco(json_file)
+    coco = open_coco(json_file)
     if not image_root.is_dir():
         raise InputError(f"{image_root}: image folder not found (give the folder the json's "
                          "file_name are relative to)")
     found = _Found()
-    if not coco["images"]:
+    top = coco.top
+    if not top["images"]:
         found.add("no_images", Example(detail="'images' is empty"))
-    categories = _check_categories(coco["categories"], found)
-    images = _check_images(coco["images"], found)
+    categories = _check_categories(top["categories"], found)
+    images = _check_images(top["images"], found)
     sizes = _check_files(images, image_root, found, workers=workers, progress=progress,
                          decode=decode)
-    usable = _check_annotations(coco["annotations"], images, sizes, categories, found)
+    usable = _check_annotations(coco.annotations(), images, sizes, categories, found)
     _check_unannotated(images, usable, found)
     return CheckReport(json_file=json_file, image_root=image_root,
-                       num_images=len(coco["images"]), num_annotations=len(coco["annotations"]),
+                       num_images=len(top["images"]), num_annotations=coco.num_annotations,
                        usable_images=len(usable), defects=found.defects())
 
 
@@ -665,16 +725,21 @@ def check_dataset(json_file: Path, image_root: Path, *, workers: int | None = No
 
 
 def preflight(data: ResolvedData, *, workers: int | None = None,
-              progress: Progress | None = None) -> list[CheckReport]:
+              progress: Progress | None = None, cache: Path | None = None,
+              note: Callable[[str], None] | None = None) -> list[CheckReport]:
     """Check the train and test datasets of a resolved spec (those whose files exist).
 
     Missing files are ``prepare()``'s to report; this catches what is wrong inside them.
+    ``cache`` reuses the report of a dataset checked before and unchanged since
+    (``check_cache.cached_check``; ``note`` hears about it).
     """
+    from orchestrator.data.check_cache import cached_check
+
     reports = []
     for ds in (data.train, data.test):
         if ds is not None and ds.exists:
-            reports.append(check_dataset(Path(ds.json_file), Path(ds.image_root),
-                                         workers=workers, progress=progress))
+            reports.append(cached_check(Path(ds.json_file), Path(ds.image_root), cache=cache,
+                                        workers=workers, progress=progress, note=note))
     return reports
 
 

@@ -17,6 +17,7 @@ from rich.text import Text
 
 import orchestrator
 from orchestrator.data.catalog import ResolvedData, resolve_data
+from orchestrator.data.check_cache import cache_folder
 from orchestrator.errors import InputError, JobFailedError
 from orchestrator.job import WorkerJob
 from orchestrator.launch.signals import INTERRUPTS, RunInterrupted, restored_handlers, shielded
@@ -41,6 +42,7 @@ class Prepared:
     plan: ScalingPlan
     config_file: Path
     data_check: str = "not run"
+    checks: Path | None = None  # where data check results are kept (check_cache)
     preflight: bool = False  # the launch-stage checks passed (a sweep checks every child first)
 
 
@@ -85,12 +87,14 @@ def prepare(spec: JobSpec, *, workdir: Path | None = None, strict: bool = True,
     check_model_config(config_file, spec.model.arch, list(spec.model.opts))
     worker_env(spec.run.env, spec.run.env_from)  # a missing env_from variable is bad input
     spec = _absolute(spec, workdir)
+    checks = None  # validate (generate=False) writes nothing, so it keeps no check results
     if generate:
         _private_dir(workdir / ".orchestrator")
+        checks = cache_folder(workdir)
     data = resolve_data(spec, cache_root=workdir / ".orchestrator" / "datasets", base=workdir,
-                        strict=strict, generate=generate)
+                        strict=strict, generate=generate, checks=checks)
     return Prepared(spec=spec, data=data, plan=make_plan(spec, data.usable_images),
-                    config_file=config_file)
+                    config_file=config_file, checks=checks)
 
 
 def _private_dir(path: Path) -> None:
@@ -103,6 +107,7 @@ def check_data(prepared: Prepared, *, skip: bool, console: Console) -> Prepared:
     """Pre-flight every dataset file before anything starts; blocking defects exit 2.
 
     Warnings (images without annotations, crowd regions) are shown and training goes on.
+    A dataset unchanged since its last check reuses that check's report.
     """
     from dataclasses import replace
 
@@ -111,7 +116,8 @@ def check_data(prepared: Prepared, *, skip: bool, console: Console) -> Prepared:
     if skip:
         console.print("data check skipped (--skip-data-check)", style="yellow")
         return replace(prepared, data_check="skipped")
-    reports = preflight(prepared.data)
+    reports = preflight(prepared.data, cache=prepared.checks,
+                        note=lambda text: console.print(text, style="dim", highlight=False))
     for report in reports:
         if report.warnings and not report.has_errors:
             console.print(report.format(), highlight=False)
