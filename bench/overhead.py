@@ -211,7 +211,7 @@ start = float(sys.argv[1])
 from pathlib import Path
 from detectron2.engine import HookBase
 from orchestrator.job import WorkerJob
-from orchestrator.launch.submit import prepare
+from orchestrator.launch.prepared import prepare
 from orchestrator.spec import load_spec
 from orchestrator.data.register import register_datasets
 from orchestrator.training.config import build_cfg

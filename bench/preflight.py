@@ -102,7 +102,8 @@ import json, sys, time
 from pathlib import Path
 start = time.perf_counter()
 from orchestrator.launch.preflight import run_checks
-from orchestrator.launch.submit import check_data, prepare
+from orchestrator.launch.prepared import prepare
+from orchestrator.launch.submit import check_data
 from orchestrator.spec import load_spec
 from rich.console import Console
 quiet = Console(file=open("/dev/null", "w"))

@@ -154,7 +154,8 @@ def submit(
 ) -> None:
     """Validate JOB, check its data, print the scaling plan, then train and track it."""
     from orchestrator.launch.preflight import run_checks
-    from orchestrator.launch.submit import check_data, plan_table, prepare
+    from orchestrator.launch.prepared import prepare
+    from orchestrator.launch.submit import check_data, plan_table
     from orchestrator.spec import load_spec
 
     spec = load_spec(job, overrides or [])

@@ -24,12 +24,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from orchestrator.errors import InputError
+from orchestrator.launch.prepared import prepare
 from orchestrator.secrets import redact_urls
 
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from orchestrator.launch.submit import Prepared
+    from orchestrator.launch.prepared import Prepared
     from orchestrator.spec import JobSpec
 
 __all__ = ["Check", "CHECKS", "Context", "run_checks", "check_offline", "PROBE_TIMEOUT_S"]
@@ -100,7 +101,6 @@ def check_offline(spec: JobSpec) -> str | None:
     (steps against max_iter, ...) and the ``plan`` checks, for each child of a sweep.
 
     Returns a note when an epoch schedule waits for data that is not here to count."""
-    from orchestrator.launch.submit import prepare
     from orchestrator.plan import ImageCountUnknown
     from orchestrator.spec import expand_sweep
 

@@ -16,8 +16,9 @@ from typing import Any
 from rich.console import Console
 
 from orchestrator.launch.preflight import run_checks
+from orchestrator.launch.prepared import prepare
 from orchestrator.launch.signals import INTERRUPTS, RunInterrupted, shielded
-from orchestrator.launch.submit import SubmitOutcome, check_data, plan_table, prepare, submit
+from orchestrator.launch.submit import SubmitOutcome, check_data, plan_table, submit
 from orchestrator.secrets import redact_assignment
 from orchestrator.spec import JobSpec, expand_sweep
 from orchestrator.tracking.run import RunTracker

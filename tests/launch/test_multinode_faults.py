@@ -229,7 +229,7 @@ def test_a_node_added_mid_run_grows_an_elastic_group(workdir: Path,
     assert steps == sorted(set(steps)), steps
     # The plan: 32 iterations at batch 2; the run ends there whatever batch it began at. (Its
     # last iterations renumber below steps logged at batch 1, so MLflow does not get them:
-    # a known gap, see README.)
+    # a known gap, see docs/faults.md.)
     assert list((workdir / "shared").glob("*/iter_0000031/model.pth"))
     assert any(world == 2 for _, world, *_ in starts(workdir))
     assert "checkpoint was written at batch 1, training goes on at batch 2" in worker_logs(workdir)

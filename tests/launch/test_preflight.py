@@ -162,7 +162,7 @@ def test_class_heads_of_another_dataset_are_a_note_not_an_error(workdir: Path) -
     from rich.console import Console
 
     from orchestrator.launch.preflight import Context, check_cfg, run_checks
-    from orchestrator.launch.submit import prepare
+    from orchestrator.launch.prepared import prepare
     from orchestrator.spec import load_spec
 
     prepared = prepare(load_spec(write_spec(workdir / "tiny.yaml", TINY_JOB)))

@@ -115,7 +115,7 @@ def test_the_job_listens_on_loopback_only(watched: Watched) -> None:
     for component in ("gcs_server", "raylet", "ray::DashboardAgent", "ray::RuntimeEnvAgent"):
         assert component in names, names
     # torch.distributed's TCPStore (rank 0's rendezvous, MASTER_PORT) binds every interface:
-    # torch has no bind address for it (README, "What listens where").
+    # torch has no bind address for it (docs/security.md, "Loopback only").
     wildcard = [x for x in listeners if not x.loopback]
     # Ray retitles the worker process by what it runs: the actor's name, or the Train set-up
     # call that creates the store while it runs (``ray::execute._setup_torch_process_group``).

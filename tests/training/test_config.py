@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from orchestrator.job import WorkerJob
-from orchestrator.launch.submit import prepare
+from orchestrator.launch.prepared import prepare
 from orchestrator.spec import parse_spec
 from orchestrator.training.config import build_cfg
 from tests.conftest import REPO, TINY_JOB

@@ -10,7 +10,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 
 from orchestrator.errors import InputError
 from orchestrator.job import WorkerJob
-from orchestrator.launch.submit import prepare
+from orchestrator.launch.prepared import prepare
 from orchestrator.plan import make_plan
 from orchestrator.spec import parse_spec
 from orchestrator.training.elastic import equivalent_iteration, plan_for_world
