@@ -115,6 +115,21 @@ def scoring_benchmark(num_images: int = 5000, *, detections_per_image: int = 100
             "bit_identical": bool(np.array_equal(ref_values, our_values, equal_nan=True))}
 
 
+def report_lines(r: dict[str, Any]) -> list[str]:
+    """What ``scoring_benchmark`` found, as printed here and by ``bench/scale.py``."""
+    return [
+        f"set: {r['images']} images, {r['detections']} detections, {r['gt_instances']} "
+        f"ground-truth instances (generated in {r['generate_s']:.1f} s)",
+        f"ground truth load: pycocotools {r['pycocotools_load_s']:.2f} s, "
+        f"ours {r['ours_load_s']:.2f} s",
+        f"scoring bbox + segm: pycocotools {r['pycocotools_s']:.1f} s, ours {r['ours_s']:.1f} s",
+        f"speed-up: {r['ratio']:.2f}x",
+        f"stats equal: {'yes' if r['stats_equal'] else 'no'} (12 stats x 2 tasks and per-"
+        f"category AP as printed; largest difference {r['max_abs_diff']:.1e}, bit-identical: "
+        f"{'yes' if r['bit_identical'] else 'no'})",
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=5000)
@@ -126,15 +141,8 @@ def main() -> None:
     r = scoring_benchmark(args.images, detections_per_image=args.detections,
                           num_classes=args.classes, seed=args.seed)
     load_after = os.getloadavg()
-    print(f"set: {r['images']} images, {r['detections']} detections, {r['gt_instances']} "
-          f"ground-truth instances (generated in {r['generate_s']:.1f} s)")
-    print(f"ground truth load: pycocotools {r['pycocotools_load_s']:.2f} s, "
-          f"ours {r['ours_load_s']:.2f} s")
-    print(f"scoring bbox + segm: pycocotools {r['pycocotools_s']:.1f} s, ours {r['ours_s']:.1f} s")
-    print(f"speed-up: {r['ratio']:.2f}x")
-    print(f"stats equal: {'yes' if r['stats_equal'] else 'no'} (12 stats x 2 tasks and per-"
-          f"category AP as printed; largest difference {r['max_abs_diff']:.1e}, bit-identical: "
-          f"{'yes' if r['bit_identical'] else 'no'})")
+    for line in report_lines(r):
+        print(line)
     print("load average (1/5/15 min): before " + " ".join(f"{x:.2f}" for x in load_before)
           + ", after " + " ".join(f"{x:.2f}" for x in load_after) + f" on {os.cpu_count()} CPUs")
 

@@ -19,8 +19,10 @@ reads do; the load path never opens images), then measures, each in fresh proces
    the loader reads it, as shared page-cache pages (at most the cache's size, once per node).
 
 Prints the per-worker RSS ratio (cached/today) and the cache speed-up (parse/second load).
+Then, unless ``--scoring-images 0``, rank 0's COCO scoring on a COCO-val-sized set,
+pycocotools against ours (``bench/coco_scoring.py``, which also runs alone).
 
-    .venv/bin/python bench/scale.py [--scale 1.0] [--keep DIR]
+    .venv/bin/python bench/scale.py [--scale 1.0] [--keep DIR] [--scoring-images 5000]
 """
 
 from __future__ import annotations
@@ -214,6 +216,8 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=1.0,
                         help="fraction of COCO 2017 train's size (1.0 = 118k images)")
     parser.add_argument("--keep", type=Path, help="write (or reuse) the dataset here")
+    parser.add_argument("--scoring-images", type=int, default=5000,
+                        help="images of the scoring set (COCO val has 5,000); 0 skips scoring")
     args = parser.parse_args()
     load = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
@@ -259,6 +263,12 @@ def main() -> None:
           f"({_gb(cached_rss)} vs {_gb(today_rss)})")
     print(f"cache speed-up: second load {again:.2f} s vs parse {parse:.1f} s = "
           f"{again / parse:.3f} of the parse time ({parse / again:.0f}x)")
+    if args.scoring_images > 0:
+        from coco_scoring import report_lines, scoring_benchmark  # this script's folder
+
+        print(f"scoring (load average {os.getloadavg()[0]:.1f}):")
+        for line in report_lines(scoring_benchmark(args.scoring_images)):
+            print("  " + line)
 
 
 if __name__ == "__main__":
