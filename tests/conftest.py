@@ -58,3 +58,71 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+# --------------------------------------------------------------------------- team servers
+# Real servers on 127.0.0.1 (orchestrator.team.servers), started once per test session and
+# stopped by pid at its end: an S3 API server, PostgreSQL, and an MLflow server on both.
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory):
+    from orchestrator.team.servers import start_s3
+
+    server = start_s3(tmp_path_factory.mktemp("s3"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_env(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """The credentials the S3 server accepts, in this process's environment (Ray and pyarrow
+    read them from there, as on a real cluster)."""
+    from orchestrator.team.servers import S3_ENV
+
+    for key, value in S3_ENV.items():
+        monkeypatch.setenv(key, value)
+    return dict(S3_ENV)
+
+
+@pytest.fixture
+def s3_bucket(s3_server, s3_env, request: pytest.FixtureRequest) -> str:
+    """A fresh bucket for one test, named after it."""
+    import re
+    import uuid
+
+    from orchestrator.team.servers import create_bucket
+
+    name = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:40].strip("-")
+    bucket = f"{name}-{uuid.uuid4().hex[:8]}"
+    create_bucket(s3_server.url, bucket)
+    return bucket
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    from orchestrator.team.servers import ServerError, postgres_bin, start_postgres
+
+    if postgres_bin() is None:
+        pytest.skip("PostgreSQL IS NOT INSTALLED: install the Debian 'postgresql' package "
+                    "(.ci/run does) to run the team-server tests")
+    try:
+        server = start_postgres()
+    except ServerError as exc:
+        pytest.skip(f"POSTGRESQL COULD NOT START: {exc}")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def team_tracking(s3_server, postgres_server, tmp_path_factory: pytest.TempPathFactory):
+    """An MLflow server on PostgreSQL with artifacts proxied to the S3 server's ``mlflow``
+    bucket, as a team runs it: clients need only its URL."""
+    from orchestrator.team.servers import create_bucket, start_mlflow
+
+    create_bucket(s3_server.url, "team-mlflow")
+    server = start_mlflow(backend_uri=postgres_server.url,
+                          artifacts_destination="s3://team-mlflow/mlflow",
+                          s3_endpoint=s3_server.url, log_dir=tmp_path_factory.mktemp("mlflow"))
+    yield server
+    server.stop()
