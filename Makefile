@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml orchestrator/install/d2wheel.py
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -c "import torch, torchvision" 2>/dev/null || $(BIN)/python -m pip install -q $(TORCH)
 	$(BIN)/python -m orchestrator.install.d2wheel --python $(BIN)/python --cache $(VENV)/.cache/detectron2
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -e '.[dev,team]'
 	touch $(STAMP)
 
 demo: env
