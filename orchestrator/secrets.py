@@ -34,14 +34,23 @@ __all__ = [
 
 MASK = "****"
 ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
-# scheme://userinfo@ : the userinfo (user, user:password, or a token) is the credential.
-_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]*://)(?P<userinfo>[^/@\s'\"]+)@")
+# scheme://userinfo@ : the userinfo (user, user:password, or a token) is the credential. A
+# password may hold a raw '/' (S3 secret keys often do: s3://KEY:SECRET@bucket), so after a
+# colon anything up to the '@' is masked; before it, a '/' means a path, not a user.
+_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]*://)"
+                       r"(?P<userinfo>[^/@:\s'\"]+(?::[^@\s'\"]*)?|:[^@\s'\"]*)@")
+# Credentials as query parameters (s3fs/fsspec and other S3 clients read these).
+_QUERY_SECRET = re.compile(r"(?P<key>[?&](?:access_key|secret_key|session_token|"
+                           r"aws_access_key_id|aws_secret_access_key|aws_session_token)=)"
+                           r"(?P<value>[^&#\s'\"]*)", re.IGNORECASE)
 _ENV_KEYS = ("run.env",)
 
 
 def redact_urls(text: str) -> str:
-    """Mask the credentials of every URL in ``text`` (``http://u:p@h`` -> ``http://****@h``)."""
-    return _USERINFO.sub(lambda m: f"{m['scheme']}{MASK}@", text)
+    """Mask the credentials of every URL in ``text`` (``http://u:p@h`` -> ``http://****@h``,
+    ``s3://b/p?secret_key=s`` -> ``s3://b/p?secret_key=****``)."""
+    text = _USERINFO.sub(lambda m: f"{m['scheme']}{MASK}@", text)
+    return _QUERY_SECRET.sub(lambda m: f"{m['key']}{MASK}", text)
 
 
 def _redact_tree(tree: Any) -> Any:

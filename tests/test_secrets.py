@@ -35,6 +35,12 @@ runner = CliRunner()
     ("see http://a:b@h and s3://bucket/x@y", "see http://****@h and s3://bucket/x@y"),
     ("sqlite:////tmp/mlflow.db", "sqlite:////tmp/mlflow.db"),
     ("mail bob@example.com", "mail bob@example.com"),
+    # S3: a secret key may hold a raw '/'; query-parameter credentials (s3fs and others)
+    ("s3://AKIA1:wJal/K7+x@bkt/ckpt?endpoint_override=h:9000&scheme=http",
+     "s3://****@bkt/ckpt?endpoint_override=h:9000&scheme=http"),
+    ("s3://bkt/p?region=eu&secret_key=a/b&access_key=AK&session_token=T",
+     "s3://bkt/p?region=eu&secret_key=****&access_key=****&session_token=****"),
+    ("s3://bkt/a:b and http://host:5000/x", "s3://bkt/a:b and http://host:5000/x"),
 ])
 def test_url_credentials_are_masked(text: str, shown: str) -> None:
     assert redact_urls(text) == shown

@@ -219,9 +219,29 @@ def check_resources(ctx: Context) -> None:
     check_local_resources(spec)  # GPUs
 
 
+@_check("S3 storage usable", "run.storage_path (s3://)", "launch")
+def check_s3_storage(ctx: Context) -> None:
+    """Endpoint, credentials, bucket and write access, asked of the S3 server now rather than
+    found out by Ray at the first checkpoint upload."""
+    storage = ctx.prepared.spec.run.storage_path
+    if not storage.startswith("s3://"):
+        return
+    from orchestrator.launch.storage_probe import probe_s3
+
+    problem = probe_s3(storage, timeout=PROBE_TIMEOUT_S)
+    if problem:
+        raise InputError(f"run.storage_path: {redact_urls(storage)}: {problem}")
+
+
 def _probe(url: str, *, method: str = "GET") -> str | None:
     """None if something answers HTTP at ``url`` within the timeout, else why not.
     Any HTTP status counts as an answer: the server is there."""
+    return _ask(url, method=method)[1]
+
+
+def _ask(url: str, *, method: str = "GET") -> tuple[int | None, str | None]:
+    """(HTTP status, None) if something answers at ``url`` within the timeout, else
+    (None, why not)."""
     parts = urllib.parse.urlsplit(url)
     headers = {}
     if parts.username is not None:
@@ -242,13 +262,13 @@ def _probe(url: str, *, method: str = "GET") -> str | None:
         context.verify_mode = ssl.CERT_NONE
     try:
         with urllib.request.urlopen(request, timeout=PROBE_TIMEOUT_S,  # noqa: S310
-                                    context=context):
-            return None
-    except urllib.error.HTTPError:
-        return None
+                                    context=context) as response:
+            return int(response.status), None
+    except urllib.error.HTTPError as exc:
+        return exc.code, None
     except (urllib.error.URLError, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
-        return f"{type(reason).__name__}: {reason}"
+        return None, f"{type(reason).__name__}: {reason}"
 
 
 @_check("tracking server reachable", "tracking.tracking_uri (http/https)", "launch")
@@ -263,6 +283,25 @@ def check_tracking(ctx: Context) -> None:
                          f"within {PROBE_TIMEOUT_S:g} s ({problem}); start it (orchestrator ui, "
                          "mlflow server) or leave tracking.tracking_uri empty for a local "
                          "sqlite store")
+
+
+@_check("tracking artifact store", "tracking.tracking_uri (server with proxied artifacts)",
+        "launch")
+def check_tracking_artifacts(ctx: Context) -> None:
+    """A server that proxies artifacts answers /health even when its object store is down;
+    listing its artifact root finds out (a server that serves no artifacts says so: 503)."""
+    uri = ctx.prepared.spec.tracking.tracking_uri or ""
+    if not uri.startswith(("http://", "https://")):
+        return
+    status, problem = _ask(uri.rstrip("/") + "/api/2.0/mlflow-artifacts/artifacts")
+    if problem is None and (status is None or status < 500 or status == 503):
+        return
+    why = problem or f"HTTP {status} listing its artifacts"
+    raise InputError(f"tracking.tracking_uri: the MLflow server at {redact_urls(uri)} answers "
+                     f"but its artifact store does not ({why}); checkpoints and "
+                     "model_final.pth would be lost: check the server's "
+                     "--artifacts-destination, its S3 endpoint (MLFLOW_S3_ENDPOINT_URL) and "
+                     "credentials, and its log")
 
 
 def _weights_url(weights: str) -> str | None:
