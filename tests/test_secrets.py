@@ -102,6 +102,24 @@ def test_cluster_upload_names_secrets_and_carries_values_in_the_job_env(
     assert uploaded.tracking.tracking_uri is None
 
 
+def test_cluster_upload_carries_s3_keys_in_the_job_env_only() -> None:
+    storage = "s3://AKIA1:se%2Fcret-s3@bkt/ckpt?endpoint_override=h:9000&scheme=http"
+    uploaded, env = for_cluster(_spec(f"run.storage_path={storage}"))
+    assert env == {"AWS_ACCESS_KEY_ID": "AKIA1", "AWS_SECRET_ACCESS_KEY": "se/cret-s3"}
+    assert uploaded.run.storage_path == "s3://bkt/ckpt?endpoint_override=h:9000&scheme=http"
+    assert "cret-s3" not in uploaded.resolved_yaml(redact=False)
+
+
+def test_spec_dump_masks_s3_keys_in_the_storage_path() -> None:
+    storage = "s3://AKIA1:s3-secret@bkt/ckpt?endpoint_override=127.0.0.1:9&scheme=http"
+    spec = _spec(f"run.storage_path={storage}")
+    dumped = redact_spec(spec.model_dump(mode="json"))
+    assert dumped["run"]["storage_path"] == ("s3://****@bkt/ckpt?endpoint_override=127.0.0.1:9"
+                                             "&scheme=http")
+    assert "s3-secret" not in spec.resolved_yaml() and "AKIA1" not in spec.resolved_yaml()
+    assert spec.run.storage_path == storage  # workers get it as given
+
+
 def test_dry_run_prints_no_secret(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (workdir / "tiny.yaml").write_text(TINY_JOB, encoding="utf-8")
     monkeypatch.setenv("FROM_ENV_Y", "env-secret")

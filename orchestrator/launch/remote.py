@@ -21,6 +21,7 @@ from typing import Any
 from rich.console import Console
 
 from orchestrator.errors import InputError, JobFailedError
+from orchestrator.launch.storage_probe import split_credentials
 from orchestrator.models import PROJECT_ROOT
 from orchestrator.secrets import MASK, redact_urls, worker_env
 from orchestrator.spec import JobSpec
@@ -91,11 +92,15 @@ def for_cluster(spec: JobSpec) -> tuple[JobSpec, dict[str, str]]:
 
     ``run.env`` and ``run.env_from`` values become the job's env vars (Ray hands them to the
     driver and every worker); the uploaded spec keeps the ``run.env`` keys with masked values
-    (the cluster's driver records them as a local run would), and a tracking URI with
-    credentials travels as ``MLFLOW_TRACKING_URI``.
+    (the cluster's driver records them as a local run would), a tracking URI with
+    credentials travels as ``MLFLOW_TRACKING_URI``, and the key of an
+    ``s3://KEY:SECRET@bucket`` storage path as ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``.
     """
     env = worker_env(spec.run.env, spec.run.env_from)
-    run = spec.run.model_copy(update={"env": dict.fromkeys(spec.run.env, MASK)})
+    storage, storage_env = split_credentials(spec.run.storage_path)
+    env.update(storage_env)
+    run = spec.run.model_copy(update={"env": dict.fromkeys(spec.run.env, MASK),
+                                      "storage_path": storage})
     tracking = spec.tracking
     uri = tracking.tracking_uri
     if uri and redact_urls(uri) != uri:
