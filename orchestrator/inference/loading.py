@@ -2,8 +2,9 @@
 
 Everything comes from the run's artifacts (``config.yaml``, ``checkpoints/model_final.pth``,
 ``classes.json``), its ``model`` tag and, for earlier checkpoints, the Ray Train checkpoints in
-its ``run.storage_path``, so a run can be used from any machine that reaches
-the tracking store, without the job spec or the dataset.
+its ``run.storage_path`` (a folder, or object storage read through pyarrow as Ray wrote it),
+so a run can be used from any machine that reaches the tracking store, without the job spec or
+the dataset.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch
 from detectron2.config import CfgNode, get_cfg
 
 from orchestrator.errors import InputError
+from orchestrator.secrets import MASK, redact_urls
 from orchestrator.training.hooks import CHECKPOINT_FILE
 
 __all__ = ["LoadedRun", "load_run", "CHECKPOINT_ARTIFACT", "CLASSES_ARTIFACT"]
@@ -102,21 +104,67 @@ def _build_cfg(run: Any, config: Path, *, score: float, device: str) -> CfgNode:
     return cfg
 
 
-def _ray_checkpoints(run: Any) -> dict[int, Path]:
-    """The run's Ray Train checkpoints by iteration (``RayCheckpointHook`` names them
-    ``iter_NNNNNNN``), found through the run's storage path and Ray run name."""
+def _storage(run: Any) -> tuple[Any, str] | None:
+    """The run's Ray Train folder as (pyarrow filesystem, path): a local folder or object
+    storage (``s3://``), read as Ray wrote it. Credentials masked in the recorded URI come from
+    the environment (``AWS_ACCESS_KEY_ID``...), as for the workers."""
+    from pyarrow.fs import FileSystem, LocalFileSystem
+
     storage = run.data.params.get("spec.run.storage_path", "")
     name = run.data.tags.get("ray_run_name", "")
-    if not storage or not name or "://" in storage:
+    if not storage or not name:
+        return None
+    if "://" not in storage:
+        return LocalFileSystem(), str(Path(storage) / name)
+    try:
+        fs, path = FileSystem.from_uri(storage.replace(f"://{MASK}@", "://", 1))
+    except Exception as exc:  # pyarrow's errors say what is wrong with the URI
+        raise InputError(f"run {run.info.run_id}: its storage path {redact_urls(storage)} "
+                         f"cannot be read ({exc})") from None
+    return fs, f"{path.rstrip('/')}/{name}"
+
+
+def _ray_checkpoints(run: Any) -> dict[int, str]:
+    """The run's Ray Train checkpoints by iteration (``RayCheckpointHook`` names them
+    ``iter_NNNNNNN``), found through the run's storage path and Ray run name; each is a path
+    in the filesystem of :func:`_storage`."""
+    from pyarrow.fs import FileSelector, FileType
+
+    located = _storage(run)
+    if located is None:
         return {}
+    fs, folder = located
     found = {}
-    for folder in (Path(storage) / name).glob("iter_*"):
-        if (folder / CHECKPOINT_FILE).is_file() and folder.name[5:].isdigit():
-            found[int(folder.name[5:])] = folder / CHECKPOINT_FILE
+    try:
+        for entry in fs.get_file_info(FileSelector(folder, allow_not_found=True)):
+            if entry.type == FileType.Directory and entry.base_name.startswith("iter_") \
+                    and entry.base_name[5:].isdigit():
+                weights = f"{entry.path}/{CHECKPOINT_FILE}"
+                if fs.get_file_info(weights).type == FileType.File:
+                    found[int(entry.base_name[5:])] = weights
+    except OSError as exc:
+        raise InputError(f"run {run.info.run_id}: its checkpoints in "
+                         f"{redact_urls(run.data.params['spec.run.storage_path'])} cannot be "
+                         f"listed ({exc})") from None
     return found
 
 
-def _best_iteration(client: Any, run: Any, available: dict[int, Path]) -> int:
+def _fetch(run: Any, weights: str, into: Path) -> Path:
+    """A checkpoint of :func:`_ray_checkpoints` as a local file (object storage: downloaded)."""
+    import shutil
+
+    from pyarrow.fs import LocalFileSystem
+
+    fs, _ = _storage(run) or (LocalFileSystem(), "")
+    if isinstance(fs, LocalFileSystem):
+        return Path(weights)
+    target = into / f"{Path(weights).parent.name}-{CHECKPOINT_FILE}"
+    with fs.open_input_stream(weights) as source, target.open("wb") as out:
+        shutil.copyfileobj(source, out, 1 << 20)
+    return target
+
+
+def _best_iteration(client: Any, run: Any, available: dict[int, str]) -> int:
     """The checkpoint at the evaluation with the highest mask AP (box AP without masks).
     The final evaluation is logged one step after the last checkpoint's iteration."""
     for key in ("segm/AP", "bbox/AP"):
@@ -138,12 +186,12 @@ def _checkpoint(client: Any, run: Any, which: str, into: Path) -> Path:
         return _download(client, run, CHECKPOINT_ARTIFACT, into, hint=hint)
     available = _ray_checkpoints(run)
     if which == "best":
-        return available[_best_iteration(client, run, available)]
+        return _fetch(run, available[_best_iteration(client, run, available)], into)
     if not which.isdigit() or int(which) not in available:
         have = ", ".join(map(str, sorted(available))) or "none in the run's storage path"
         raise InputError(f"--checkpoint {which}: use final, best or an iteration with a "
                          f"checkpoint ({have})")
-    return available[int(which)]
+    return _fetch(run, available[int(which)], into)
 
 
 def _check_device(device: str) -> None:

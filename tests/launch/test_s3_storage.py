@@ -1,0 +1,128 @@
+"""``run.storage_path`` in object storage (a real S3 API server on 127.0.0.1): a real embedded
+submit uploads each checkpoint to the bucket, logs ``model_final.pth`` to MLflow, and keeps the
+keys given in the URI out of everything it stores or prints; ``predict --checkpoint N`` reads a
+checkpoint back from the bucket; a killed worker resumes from the bucket."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import boto3
+from mlflow.tracking import MlflowClient
+from typer.testing import CliRunner
+
+from orchestrator.cli import app
+from orchestrator.launch.waiting import wait_until
+from orchestrator.team.servers import REGION, Server, s3_storage_uri
+from tests.conftest import TINY_JOB, write_spec
+from tests.launch.test_fault_tolerance import logged_steps, worker_pid
+
+# moto accepts any key: these stand for real ones, given in the URI, and must show up nowhere.
+KEY, SECRET = "AKIAEMBEDDEDKEY00001", "embedded-s3-secret"
+
+
+def _job(workdir: Path, *, max_iter: int, period: int) -> Path:
+    spec = TINY_JOB.replace("max_iter: 6", f"max_iter: {max_iter}").replace(
+        "checkpoint_period: 100", f"checkpoint_period: {period}").replace(
+        "log_period: 2", "log_period: 1")
+    return write_spec(workdir / "tiny.yaml", spec)
+
+
+def _storage(server: Server, bucket: str, *, with_keys: bool = False) -> str:
+    uri = s3_storage_uri(server.url, bucket, "ckpt")
+    return uri.replace("s3://", f"s3://{KEY}:{SECRET}@") if with_keys else uri
+
+
+def _checkpoint_keys(server: Server, bucket: str) -> dict[int, list[str]]:
+    """Iteration -> the files of its checkpoint folder in the bucket."""
+    s3 = boto3.client("s3", endpoint_url=server.url, region_name=REGION)
+    found: dict[int, list[str]] = {}
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        for obj in page.get("Contents", []):
+            match = re.search(r"/iter_(\d+)/(.+)$", obj["Key"])
+            if match:
+                found.setdefault(int(match.group(1)), []).append(match.group(2))
+    return found
+
+
+def _one_run(client: MlflowClient):  # type: ignore[no-untyped-def]
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert len(runs) == 1
+    return runs[0]
+
+
+def test_checkpoints_go_to_the_bucket_and_predict_reads_them_back(
+        workdir: Path, s3_server: Server, s3_bucket: str) -> None:
+    job = _job(workdir, max_iter=4, period=2)
+    storage = _storage(s3_server, s3_bucket, with_keys=True)
+    done = subprocess.run([sys.executable, "-m", "orchestrator", "submit", str(job),
+                           f"run.storage_path={storage}"], cwd=workdir, capture_output=True,
+                          text=True, timeout=600)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output
+    checkpoints = _checkpoint_keys(s3_server, s3_bucket)
+    assert sorted(checkpoints) == [1, 3], checkpoints  # after iterations 2 and 4: one each
+    assert all(files.count("model.pth") == 1 for files in checkpoints.values()), checkpoints
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}")
+    run = _one_run(client)
+    assert run.info.status == "FINISHED"
+    artifacts = [a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")]
+    assert "checkpoints/model_final.pth" in artifacts
+    assert run.data.params["spec.run.storage_path"].startswith(f"s3://****@{s3_bucket}/ckpt?")
+
+    # The keys were used (the URI's, not the environment's) and stored or printed nowhere.
+    assert KEY not in output and SECRET not in output
+    for path in workdir.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            assert KEY.encode() not in data and SECRET.encode() not in data, path
+
+    # predict reads an earlier checkpoint from the bucket (keys from the environment).
+    image = next((workdir / ".orchestrator").rglob("*.png"))
+    result = CliRunner().invoke(app, ["predict", "--tracking-uri", f"sqlite:///{workdir}/mlflow.db",
+                                      "--run", run.info.run_id, str(image), "--out",
+                                      str(workdir / "pred"), "--checkpoint", "1"])
+    assert result.exit_code == 0, result.output
+    assert (workdir / "pred" / image.name).is_file()
+    result = CliRunner().invoke(app, ["predict", "--tracking-uri", f"sqlite:///{workdir}/mlflow.db",
+                                      "--run", run.info.run_id, str(image), "--checkpoint", "2"])
+    assert result.exit_code == 2
+    assert "an iteration with a checkpoint (1, 3)" in " ".join(result.output.split())
+
+
+def test_a_killed_worker_resumes_from_the_bucket(workdir: Path, s3_server: Server,
+                                                 s3_bucket: str) -> None:
+    job = _job(workdir, max_iter=16, period=4)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator", "submit", str(job), "run.max_failures=1",
+         f"run.storage_path={_storage(s3_server, s3_bucket)}"],
+        cwd=workdir, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        pid = wait_until(lambda: worker_pid(workdir), timeout=240, what="rank 1 never started")
+        client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}")
+        wait_until(lambda: 3 in _checkpoint_keys(s3_server, s3_bucket)
+                   and max(logged_steps(client), default=-1) >= 5, timeout=240,
+                   what="no checkpoint in the bucket")
+        os.kill(pid, signal.SIGKILL)  # a real kill of a worker process
+        output, _ = proc.communicate(timeout=400)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, output
+    run = _one_run(client)
+    assert run.info.status == "FINISHED"
+    steps = logged_steps(client)
+    assert steps == sorted(set(steps)) and steps[-1] == 15, steps
+    logs = "".join(p.read_text() for p in (workdir / ".orchestrator" / "output").glob("*/log.txt"))
+    restored = re.findall(r"restored from Ray checkpoint at iteration (\d+)", logs)
+    assert restored and int(restored[0]) in _checkpoint_keys(s3_server, s3_bucket), restored
+    assert sorted(_checkpoint_keys(s3_server, s3_bucket)) == [3, 7, 11, 15]
+    artifacts = [a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")]
+    assert "checkpoints/model_final.pth" in artifacts
