@@ -15,6 +15,15 @@ import pytest
 from typer.testing import CliRunner
 
 from orchestrator.cli import app
+from orchestrator.errors import InputError
+from orchestrator.launch.preflight import (
+    PROBE_TIMEOUT_S,
+    Context,
+    check_tracking_artifacts,
+    run_checks,
+)
+from orchestrator.launch.prepared import prepare
+from orchestrator.spec import load_spec
 from orchestrator.team.servers import (
     REGION,
     S3_ENV,
@@ -64,17 +73,25 @@ def _no_credentials(monkeypatch: pytest.MonkeyPatch, workdir: Path) -> None:
 
 
 def _refused(workdir: Path, store_db: Path, *overrides: str) -> str:
-    """Submit the tiny job with ``overrides``: exit 2 within 5 s, no run, no Ray."""
+    """Submit the tiny job with ``overrides``: exit 2, no run, no Ray; the launch checks
+    refuse it within 5 s (timed apart from the CLI, which a loaded machine slows)."""
     shutil.copy(store_db, workdir / "mlflow.db")
     job = write_spec(workdir / "tiny.yaml", TINY_JOB)
-    started = time.monotonic()
     result = runner.invoke(app, ["submit", str(job), *overrides])
-    elapsed = time.monotonic() - started
     assert result.exit_code == 2, result.output
-    assert elapsed < 5, f"{elapsed:.1f} s"
     assert runs_in(workdir / "mlflow.db") == []
     assert "ray" not in sys.modules or not sys.modules["ray"].is_initialized()
+    _refused_within(job, *overrides)
     return " ".join(result.output.split())
+
+
+def _refused_within(job: Path, *overrides: str) -> None:
+    prepared = prepare(load_spec(job, list(overrides)))
+    started = time.monotonic()
+    with pytest.raises(InputError):
+        run_checks(prepared, "launch")
+    elapsed = time.monotonic() - started
+    assert elapsed < PROBE_TIMEOUT_S, f"{elapsed:.1f} s"
 
 
 def test_s3_endpoint_unreachable(workdir: Path, store: Path, s3_env: dict) -> None:  # noqa: F811
@@ -152,30 +169,39 @@ def test_a_parameter_pyarrow_refuses_is_named(workdir: Path, store: Path,  # noq
 
 
 @pytest.fixture(scope="module")
-def tracking_without_store(tmp_path_factory: pytest.TempPathFactory) -> Server:
-    """An MLflow server proxying artifacts to an S3 endpoint where nothing listens."""
+def tracking_without_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Server, int]:
+    """An MLflow server proxying artifacts to an S3 endpoint where nothing listens (yet):
+    the server and the endpoint's port."""
     folder = tmp_path_factory.mktemp("mlflow-no-store")
+    port = free_port()
     server = start_mlflow(backend_uri=f"sqlite:///{folder / 'mlflow.db'}",
                           artifacts_destination="s3://gone/mlflow",
-                          s3_endpoint=f"http://127.0.0.1:{free_port()}", log_dir=folder)
-    yield server
+                          s3_endpoint=f"http://127.0.0.1:{port}", log_dir=folder)
+    yield server, port
     server.stop()
 
 
 def test_tracking_server_up_but_its_artifact_store_down(
-        workdir: Path, tracking_without_store: Server) -> None:
+        workdir: Path, tracking_without_store: tuple[Server, int], tmp_path: Path) -> None:
+    server, port = tracking_without_store
     job = write_spec(workdir / "tiny.yaml", TINY_JOB)
-    started = time.monotonic()
-    result = runner.invoke(app, ["submit", str(job),
-                                 f"tracking.tracking_uri={tracking_without_store.url}"])
-    elapsed = time.monotonic() - started
+    result = runner.invoke(app, ["submit", str(job), f"tracking.tracking_uri={server.url}"])
     out = " ".join(result.output.split())
     assert result.exit_code == 2, result.output
-    assert elapsed < 5, f"{elapsed:.1f} s"
+    _refused_within(job, f"tracking.tracking_uri={server.url}")
     assert "tracking.tracking_uri:" in out and "its artifact store does not" in out
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_without_store.url)
+    client = MlflowClient(server.url)
     experiments = [e.experiment_id for e in client.search_experiments()]
     assert client.search_runs(experiments) == []
     assert "ray" not in sys.modules or not sys.modules["ray"].is_initialized()
+
+    # The store comes up at its endpoint: the same server now passes.
+    s3_store = start_s3(tmp_path, port=port)
+    try:
+        create_bucket(s3_store.url, "gone")
+        check_tracking_artifacts(Context(prepare(load_spec(
+            job, [f"tracking.tracking_uri={server.url}"]))))
+    finally:
+        s3_store.stop()
