@@ -205,3 +205,16 @@ def test_tracking_server_up_but_its_artifact_store_down(
             job, [f"tracking.tracking_uri={server.url}"]))))
     finally:
         s3_store.stop()
+
+
+def test_validate_and_dry_run_stay_offline(workdir: Path, tracking_without_store: tuple) -> None:
+    """Neither the S3 nor the artifact-store probe runs on validate or --dry-run."""
+    dead = s3_storage_uri(f"http://127.0.0.1:{free_port()}", "bucket", "ckpt")
+    url = tracking_without_store[0].url
+    job = write_spec(workdir / "tiny.yaml", TINY_JOB.replace(
+        "tracking: {log_period: 2}", f"tracking: {{log_period: 2, tracking_uri: '{url}'}}")
+        + f"run: {{storage_path: '{dead}'}}\n")
+    for command in (["validate", str(job)], ["submit", str(job), "--dry-run"]):
+        result = runner.invoke(app, command)
+        assert result.exit_code == 0, result.output
+    assert runner.invoke(app, ["submit", str(job)]).exit_code == 2  # a real submit probes
