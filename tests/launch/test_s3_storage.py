@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import boto3
+import pytest
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
@@ -126,3 +127,42 @@ def test_a_killed_worker_resumes_from_the_bucket(workdir: Path, s3_server: Serve
     assert sorted(_checkpoint_keys(s3_server, s3_bucket)) == [3, 7, 11, 15]
     artifacts = [a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")]
     assert "checkpoints/model_final.pth" in artifacts
+
+
+@pytest.mark.slow
+def test_a_multinode_cluster_gets_the_keys_through_env_from_only(
+        workdir: Path, tmp_path_factory: pytest.TempPathFactory,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nodes started without any AWS variable, an S3 server that checks keys: the job's
+    checkpoints land in the bucket because ``run.env_from`` carries the keys to the head's
+    driver and to every worker, and nothing is read from a shared folder."""
+    from tests.launch.s3_auth import BUCKET, start_guarded_s3
+    from tests.launch.test_multinode import start_cluster
+
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    server, users = start_guarded_s3(tmp_path_factory.mktemp("s3-auth"))
+    try:
+        with start_cluster(2, tmp_path_factory.mktemp("cluster")) as cluster:
+            for name, value in users["writer"].items():
+                monkeypatch.setenv(name, value)  # here only: the nodes never had them
+            job = _job(workdir, max_iter=4, period=2)
+            args = ["submit", str(job), "--address", cluster.address, "eval.enabled=false",
+                    f"tracking.tracking_uri=sqlite:///{workdir}/mlflow.db",
+                    f"run.output_dir={workdir}/output",
+                    f"run.storage_path={_storage(server, BUCKET)}"]
+            without = CliRunner().invoke(app, args)  # the head's pre-flight finds no keys
+            assert without.exit_code != 0
+            assert "no S3 credentials are set" in " ".join(without.output.split())
+            result = CliRunner().invoke(
+                app, [*args, "run.env_from=[AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY]"])
+            assert result.exit_code == 0, result.output
+        assert sorted(_checkpoint_keys(server, BUCKET)) == [1, 3]
+        client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}")
+        run = _one_run(client)
+        assert run.info.status == "FINISHED"
+        artifacts = [a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")]
+        assert "checkpoints/model_final.pth" in artifacts
+        assert users["writer"]["AWS_SECRET_ACCESS_KEY"] not in result.output
+    finally:
+        server.stop()

@@ -4,7 +4,6 @@ the MLflow run exists."""
 
 from __future__ import annotations
 
-import json
 import shutil
 import sys
 import time
@@ -26,7 +25,6 @@ from orchestrator.launch.prepared import prepare
 from orchestrator.spec import load_spec
 from orchestrator.team.servers import (
     REGION,
-    S3_ENV,
     Server,
     create_bucket,
     free_port,
@@ -35,31 +33,16 @@ from orchestrator.team.servers import (
     start_s3,
 )
 from tests.conftest import TINY_JOB, write_spec
+from tests.launch.s3_auth import start_guarded_s3
 from tests.launch.test_preflight import runs_in, store  # noqa: F401 (a fixture)
 
 runner = CliRunner()
-# Requests moto serves before it checks credentials: the reader's setup below.
-_SETUP_REQUESTS = 4
-
-
 @pytest.fixture(scope="module")
 def guarded_s3(tmp_path_factory: pytest.TempPathFactory) -> tuple[Server, dict[str, str]]:
-    """An S3 server that checks credentials against its IAM users, with one bucket and one
-    user that may read it but not write to it; returns the server and that user's keys."""
-    server = start_s3(tmp_path_factory.mktemp("s3-auth"),
-                      env={"INITIAL_NO_AUTH_ACTION_COUNT": str(_SETUP_REQUESTS)})
-    keys = {"aws_access_key_id": S3_ENV["AWS_ACCESS_KEY_ID"],
-            "aws_secret_access_key": S3_ENV["AWS_SECRET_ACCESS_KEY"]}
-    iam = boto3.client("iam", endpoint_url=server.url, region_name=REGION, **keys)
-    iam.create_user(UserName="reader")
-    key = iam.create_access_key(UserName="reader")["AccessKey"]
-    policy = {"Version": "2012-10-17", "Statement": [{
-        "Effect": "Allow", "Action": ["s3:GetObject", "s3:ListBucket"], "Resource": "*"}]}
-    iam.put_user_policy(UserName="reader", PolicyName="read-only",
-                        PolicyDocument=json.dumps(policy))
-    create_bucket(server.url, "guarded")
-    yield server, {"AWS_ACCESS_KEY_ID": key["AccessKeyId"],
-                   "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"]}
+    """An S3 server that checks credentials, and the keys of a user that may read its bucket
+    but not write to it."""
+    server, users = start_guarded_s3(tmp_path_factory.mktemp("s3-auth"))
+    yield server, users["reader"]
     server.stop()
 
 
