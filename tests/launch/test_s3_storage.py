@@ -41,7 +41,10 @@ def _storage(server: Server, bucket: str, *, with_keys: bool = False) -> str:
 
 def _checkpoint_keys(server: Server, bucket: str) -> dict[int, list[str]]:
     """Iteration -> the files of its checkpoint folder in the bucket."""
-    s3 = boto3.client("s3", endpoint_url=server.url, region_name=REGION)
+    # Keys named: boto3's default session keeps the first ones it found (another test's).
+    s3 = boto3.client("s3", endpoint_url=server.url, region_name=REGION,
+                      aws_access_key_id=os.environ["AWS_ACCESS_KEY_ID"],
+                      aws_secret_access_key=os.environ["AWS_SECRET_ACCESS_KEY"])
     found: dict[int, list[str]] = {}
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
         for obj in page.get("Contents", []):
