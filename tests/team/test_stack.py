@@ -15,6 +15,7 @@ from pathlib import Path
 
 import boto3
 import psutil
+import pyarrow.fs
 import pytest
 from mlflow import MlflowClient
 from typer.testing import CliRunner
@@ -81,7 +82,7 @@ def detached(tmp_path: Path):  # type: ignore[no-untyped-def]
 
 
 def test_up_detach_serves_a_job_and_down_stops_every_process(
-        detached: tuple[int, str, Path], tmp_path: Path) -> None:
+        detached: tuple[int, str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     returncode, output, state_path = detached
     assert returncode == 0, output
     assert stat.S_IMODE(state_path.stat().st_mode) == 0o600
@@ -110,8 +111,15 @@ def test_up_detach_serves_a_job_and_down_stops_every_process(
     s3 = boto3.client("s3", endpoint_url=servers["s3"]["url"], region_name="us-east-1",
                       aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
                       aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])
+    for key, value in env.items():
+        if key.startswith("AWS_"):
+            monkeypatch.setenv(key, value)
+    storage, prefix = pyarrow.fs.FileSystem.from_uri(env["run.storage_path"])
+    with storage.open_output_stream(f"{prefix}/job-1/last_checkpoint") as out:
+        out.write(b"iter_0000002")
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket="rehearsal")["Contents"]]
     assert f"mlflow/1/{run.info.run_id}/artifacts/model_final.pth" in keys, keys
+    assert "checkpoints/job-1/last_checkpoint" in keys, keys
 
     pids = _tree([s["pid"] for s in servers.values()])
     assert len(pids) > 3 and _running(pids)
