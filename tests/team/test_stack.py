@@ -135,12 +135,18 @@ def test_up_detach_serves_a_job_and_down_stops_every_process(
     assert again.exit_code == 2 and "no team stack is recorded there" in again.output
 
 
-def test_up_in_the_foreground_stops_everything_on_ctrl_c(tmp_path: Path) -> None:
+def _foreground(tmp_path: Path) -> tuple[subprocess.Popen[str], Path]:
+    """``team up`` without --detach, once its state file says it is up."""
     proc = _cli(tmp_path, "team", "up")
     state_path = tmp_path / ".orchestrator" / "team-stack.json"
     deadline = time.monotonic() + 300
     while not state_path.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.3)
+    return proc, state_path
+
+
+def test_up_in_the_foreground_stops_everything_on_ctrl_c(tmp_path: Path) -> None:
+    proc, state_path = _foreground(tmp_path)
     try:
         assert proc.poll() is None, proc.communicate()[0]
         pids = _tree([s["pid"] for s in json.loads(state_path.read_text())["servers"]])
@@ -151,6 +157,23 @@ def test_up_in_the_foreground_stops_everything_on_ctrl_c(tmp_path: Path) -> None
         output, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0, output
     assert "Ctrl-C stops it." in output and "export MLFLOW_TRACKING_URI=" in output
+    assert not _running(pids) and not state_path.exists()
+
+
+def test_a_server_dying_on_its_own_stops_the_rest(tmp_path: Path) -> None:
+    proc, state_path = _foreground(tmp_path)
+    try:
+        assert proc.poll() is None, proc.communicate()[0]
+        servers = {s["name"]: s for s in json.loads(state_path.read_text())["servers"]}
+        pids = _tree([s["pid"] for s in servers.values()])
+        os.kill(servers["s3"]["pid"], signal.SIGKILL)  # the S3 server's machine lost
+        output, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGINT)
+            proc.communicate(timeout=120)
+    assert proc.returncode == 1, output
+    assert "team stack: s3 stopped on its own (see " in output and "s3-" in output
     assert not _running(pids) and not state_path.exists()
 
 

@@ -5,6 +5,7 @@ through the server, and no secret stored anywhere on the way."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -170,3 +171,26 @@ def test_sweep_children_under_one_parent(team_tracking: Server, workdir: Path) -
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert sorted(float(r.data.params["base_lr"]) for r in children) == [0.01, 0.02]
     assert all(r.info.status == "FINISHED" and "total_loss" in r.data.metrics for r in children)
+
+
+@pytest.mark.slow
+def test_the_ui_compare_page_of_the_team_server(trained: Trained, team_tracking: Server,
+                                                tmp_path: Path) -> None:
+    """The team server's own UI (no `orchestrator ui`): the trained run and an imported one
+    side by side in a real headless browser."""
+    from orchestrator.tracking.importer import import_log
+    from orchestrator.tracking.ui import compare_url
+    from tests.tracking.test_ui import chromium, need_chromium
+
+    assert trained.returncode == 0, trained.output
+    browser = need_chromium()
+    imported = import_log(trained.metrics_json, tracking_uri=team_tracking.url,
+                          experiment=EXPERIMENT, run_name="team-ui-imported")
+    client = MlflowClient(team_tracking.url)
+    run = client.get_run(trained.run_id)
+    url = compare_url(team_tracking.url, [trained.run_id, imported], [run.info.experiment_id])
+    dom = chromium(browser, tmp_path / "profile", "--dump-dom", url)
+    assert "Comparing 2 Runs" in dom
+    # The metric table lists the first rows by name only (the runs have ~40 metrics each).
+    for text in (run.info.run_name, "team-ui-imported", "bbox/AP", "eval/seconds"):
+        assert re.search(rf">\s*{re.escape(text)}\s*<", dom), f"{text} not shown on {url}"
