@@ -695,6 +695,85 @@ def cluster_kill_node(
     console.print(f"killed {name}: {count} processes")
 
 
+team_app = typer.Typer(help="The team setup on 127.0.0.1, to rehearse it: an S3 API server, "
+                       "PostgreSQL, and an MLflow server on both (artifacts in the bucket).",
+                       no_args_is_help=True)
+app.add_typer(team_app, name="team")
+TeamState = Annotated[Path, typer.Option(
+    "--state", help="The file that records the running stack (each server's pid, port, log).")]
+_TEAM_STATE = Path(".orchestrator/team-stack.json")
+
+
+@team_app.command("up")
+@_exits
+@_private
+def team_up(
+    bucket: Annotated[str, typer.Option(
+        help="Bucket for checkpoints (checkpoints/) and MLflow's artifacts (mlflow/).")]
+    = "orchestrator",
+    detach: Annotated[bool, typer.Option(
+        "--detach", help="Return once it is up; stop it with `team down`. Default: run until "
+        "Ctrl-C.")] = False,
+    mlflow_port: Annotated[int | None, typer.Option(
+        min=1, max=65535, help="The MLflow server's port. Default: a free one.")] = None,
+    state: TeamState = _TEAM_STATE,
+) -> None:
+    """Start the S3 server (with BUCKET), PostgreSQL and MLflow on 127.0.0.1; print what a job
+    needs to use them."""
+    from orchestrator.team.stack import check_bucket, exports, serve, start_stack, write_state
+
+    check_bucket(bucket)
+    if state.exists():
+        raise InputError(f"--state {state}: a team stack is recorded there already; "
+                         "`orchestrator team down` first, or pass another --state")
+    log_dir = state.with_name("team-logs")
+
+    def ready(stack: Any, how_to_stop: str) -> None:
+        lines = [f"team stack up on 127.0.0.1 (state: {state}, logs: {log_dir}):"]
+        lines += [f"  {s.name:9} {s.url}  pid {s.pid}" for s in stack.servers.values()]
+        lines += ["for a job, in the shell that submits it:", *(f"  {x}" for x in exports(stack))]
+        console.print("\n".join([*lines, how_to_stop]), highlight=False, soft_wrap=True)
+
+    if detach:
+        stack = start_stack(bucket, log_dir, mlflow_port=mlflow_port)
+        write_state(state, stack)
+        ready(stack, "stop it with: orchestrator team down")
+        return
+    serve(bucket, state_path=state, log_dir=log_dir, mlflow_port=mlflow_port,
+          on_ready=lambda stack: ready(stack, "Ctrl-C stops it."))
+
+
+@team_app.command("status")
+@_exits
+def team_status(state: TeamState = _TEAM_STATE) -> None:
+    """Each recorded server: URL, pid, and whether it is still running."""
+    from rich.table import Table
+
+    from orchestrator.team.stack import alive, read_state
+
+    stack = read_state(state)
+    up = alive(stack)
+    table = Table(title=f"team stack (bucket {stack.bucket})")
+    for column in ("server", "url", "pid", "alive"):
+        table.add_column(column)
+    for name, server in stack.servers.items():
+        table.add_row(name, server.url, str(server.pid),
+                      Text("yes", "green") if up[name] else Text("no", "red"))
+    console.print(table, soft_wrap=True)
+
+
+@team_app.command("down")
+@_exits
+def team_down(state: TeamState = _TEAM_STATE) -> None:
+    """Stop every recorded server by its pid (never by name) and remove the state file."""
+    from orchestrator.team.stack import read_state, stop_stack
+
+    stopped = stop_stack(read_state(state))
+    state.unlink(missing_ok=True)
+    console.print(f"team stack stopped ({', '.join(stopped)})" if stopped
+                  else "it had stopped already; cleaned up", highlight=False)
+
+
 def main() -> None:
     """Console-script entry point. SIGTERM unwinds like Ctrl-C, so the driver marks its MLflow
     run KILLED instead of dying with the run left RUNNING."""

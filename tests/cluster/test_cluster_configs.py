@@ -45,3 +45,28 @@ def test_the_validator_catches_a_misspelt_key() -> None:
     config["available_node_types"]["gpu_worker"]["max_wokers"] = 3
     with pytest.raises(Exception, match="max_wokers"):
         validate_config(prepare_config(config))
+
+
+def test_gpu_config_shows_the_team_setup() -> None:
+    """MLflow on the head with PostgreSQL and S3 artifacts, and the job spec the comments
+    give (S3 checkpoints, credentials through env_from) is one we accept."""
+    from orchestrator.spec import parse_spec
+    from tests.conftest import TINY_JOB
+
+    text = (REPO / "cluster" / "gpu.yaml").read_text(encoding="utf-8")
+    config = yaml.safe_load(text)
+    assert any("install -y postgresql" in cmd for cmd in config["head_setup_commands"])
+    (server,) = [c for c in config["head_start_ray_commands"] if "mlflow server" in c]
+    assert "--backend-store-uri 'postgresql://" in server
+    assert "--artifacts-destination s3://my-team-bucket/mlflow" in server
+    lines = text.splitlines()
+    start = lines.index("#   tracking:")
+    snippet = "\n".join(line[2:] for line in lines[start:start + 5])
+    given = yaml.safe_load(snippet.replace("<head-private-ip>", "10.0.0.5"))
+    job = yaml.safe_load(TINY_JOB)
+    job["tracking"] |= given["tracking"]
+    job["run"] = given["run"]
+    spec = parse_spec(job)
+    assert spec.run.storage_path == "s3://my-team-bucket/checkpoints"
+    assert spec.run.env_from == ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"]
+    assert spec.tracking.tracking_uri == "http://10.0.0.5:5000"
