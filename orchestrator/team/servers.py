@@ -150,11 +150,15 @@ def _spawn(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> subp
     return proc
 
 
-def start_s3(log_dir: Path, *, port: int | None = None, timeout: float = 60) -> Server:
-    """moto's S3 API on 127.0.0.1 (any access key is accepted; create buckets first)."""
+def start_s3(log_dir: Path, *, port: int | None = None, timeout: float = 60,
+             nice: int = 0) -> Server:
+    """moto's S3 API on 127.0.0.1 (any access key is accepted; create buckets first).
+    ``nice``: a lower CPU priority, for a benchmark where the stand-in for remote storage
+    should not take CPU from training on the same machine."""
     port = port or free_port()
     log = Path(log_dir) / f"s3-{port}.log"
-    proc = _spawn([sys.executable, "-m", "orchestrator.team.s3", "--port", str(port)], log)
+    cmd = [sys.executable, "-m", "orchestrator.team.s3", "--port", str(port)]
+    proc = _spawn(["nice", "-n", str(nice), *cmd] if nice else cmd, log)
     url = f"http://127.0.0.1:{port}"
     _started(proc, url + "/moto-api/", log, "the S3 server", timeout)
     return Server(name="s3", pid=proc.pid, port=port, url=url, log=str(log))
