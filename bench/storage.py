@@ -10,10 +10,11 @@ demo model (jobs/demo.yaml) trains on it. In one run:
    iteration. Prints S3/local for both; the goal is blocked S3 <= 1.10x local.
 2. Every node lost: the demo on a 2-node local cluster (``submit --address``, 1 worker per
    node), checkpoints in the bucket and tracking on an MLflow server on PostgreSQL with its
-   artifacts in S3 (the team setup). Once a checkpoint is stored every node is SIGKILLed at
-   once; a new cluster starts and ``submit --resume`` continues the run: seconds to start the
-   new cluster, seconds from the resume's start to its first logged iteration, iterations
-   trained again, and the run's final status.
+   artifacts in S3 (the team setup). Once Ray's snapshot in the bucket lists a checkpoint
+   every node is SIGKILLed at once; a new cluster starts and ``submit --resume`` continues the
+   run: seconds to start the new cluster, seconds from the resume's start to its first logged
+   iteration, iterations trained again (the last iteration in rank 0's log at the loss less
+   the one restored), and the run's final status.
 
 The S3 server runs on this machine, its request handling competing with the 1-CPU workers for
 the cores (``--s3-nice 10`` lowers its priority, as if the storage were on other machines; on
@@ -28,6 +29,7 @@ run, and repeat a run whose load average moved a lot.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import statistics
@@ -62,8 +64,8 @@ def one_storage(label: str, iters: int, storage: str | None) -> Restart:
     with tempfile.TemporaryDirectory() as workdir:
         extra = (f"run.storage_path={storage}", CREDENTIALS) if storage else ()
         found = restart_cost(Path(workdir), iters, extra)
-    print(f"{label}: blocked per checkpoint median {statistics.median(found.blocked):.2f} s "
-          f"(max {max(found.blocked):.2f} s, {len(found.blocked)} checkpoints); {found.seconds:.1f}"
+    print(f"{label}: blocked per checkpoint median {statistics.median(found.blocked):.3f} s "
+          f"(max {max(found.blocked):.3f} s, {len(found.blocked)} checkpoints); {found.seconds:.1f}"
           f" s from a worker SIGKILL (checkpoint {found.saved} stored) to the next logged "
           f"iteration (restored from {found.restored})", flush=True)
     return found
@@ -77,6 +79,7 @@ class EveryNode:
         self.bucket = "bench-every-node"
         create_bucket(s3.url, self.bucket)
         self.storage = s3_storage_uri(s3.url, self.bucket, "runs")
+        self.endpoint = s3.url
         self.tracking = tracking.url
         self.iters = iters
 
@@ -113,11 +116,22 @@ class EveryNode:
                        for p in (self.root / "output").glob("*/log.txt"))
 
     def stored(self) -> int | None:
-        """The last checkpoint whose upload is done (its staged copy deleted by Ray; the next
-        one may be uploading already)."""
-        staged = self.uploading()
-        saved = [int(i) for i in re.findall(r"checkpoint at iteration (\d+)", self.rank0_log())]
-        return max((i for i in saved if i not in staged), default=None)
+        """The newest complete checkpoint: the last one Ray's snapshot in the bucket lists
+        (Ray records a checkpoint there only once its upload is done)."""
+        import boto3
+
+        s3 = boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1")
+        keys = [o["Key"] for o in s3.list_objects_v2(Bucket=self.bucket).get("Contents", [])
+                if o["Key"].endswith("/checkpoint_manager_snapshot.json")]
+        if not keys:
+            return None
+        body = s3.get_object(Bucket=self.bucket, Key=keys[0])["Body"].read()
+        listed = json.loads(body)["checkpoint_results"]
+        return int(listed[-1]["checkpoint_dir_name"].removeprefix("iter_")) if listed else None
+
+    def last_iteration(self) -> int:
+        """The last iteration rank 0 logged (MLflow gets it a little later)."""
+        return max(int(i) for i in re.findall(r"\biter: (\d+)", self.rank0_log()))
 
     def uploading(self) -> set[int]:
         """Checkpoints saved and not yet uploaded (their staged copies are still there)."""
@@ -149,11 +163,10 @@ def lose_and_resume(scenario: EveryNode) -> None:
     with cluster(scenario.root / "first") as first:
         proc = scenario.submit(first)
         saved = wait_until(scenario.stored, timeout=1200, what="no checkpoint stored")
-        time.sleep(1.0)  # Ray's controller records it on its next poll (0.5 s here)
         uploading = sorted(scenario.uploading())
         first.kill_every_node()
+        before = scenario.last_iteration()
         proc.wait(timeout=300)
-    before = max(scenario.stamps())
     started = time.time()
     with cluster(scenario.root / "second") as second:
         up = time.time() - started
@@ -163,12 +176,16 @@ def lose_and_resume(scenario: EveryNode) -> None:
         again.wait(timeout=1800)
     restored = re.findall(r"restored from Ray checkpoint at iteration (\d+)",
                           scenario.rank0_log())
+    if not restored:
+        submitted_log = scenario.log.read_text()[-3000:]
+        raise SystemExit(f"the resumed run restored no checkpoint: {submitted_log}\n"
+                         f"{scenario.rank0_log()[-3000:]}")
     after = [t for t in scenario.stamps().values() if t > submitted]
     if not after:
         raise SystemExit(f"the resumed run logged nothing: {scenario.log.read_text()[-3000:]}")
     resumed = min(after)
     _, run = scenario.run()
-    print(f"every node lost (checkpoint {saved} stored, last logged step {before}): a new "
+    print(f"every node lost (checkpoint {saved} stored, rank 0 at iteration {before}): a new "
           f"cluster in {up:.1f} s; submit --resume to its first logged iteration "
           f"{resumed - submitted:.1f} s ({resumed - started:.1f} s with the cluster); restored "
           f"from {restored[-1] if restored else 'nothing'}: {before - int(restored[-1])} "
