@@ -338,15 +338,16 @@ class Restart:
     saved: int  # the iteration of the last checkpoint before the kill
     restored: int  # the iteration the new attempt restored
     startup: str  # the new rank 0's start-up line
+    blocked: list[float]  # rank 0's 'training blocked N s', one per checkpoint, both attempts
 
 
-def restart_cost(workdir: Path, iters: int) -> Restart:
+def restart_cost(workdir: Path, iters: int, extra: tuple[str, ...] = ()) -> Restart:
     """Kill rank 1 right after checkpoint 9 reached storage (its staged copy deleted, Ray's
     controller given a health-check poll to record it), so nothing is replayed and only the
     restart itself is timed. (Killed while the asynchronous upload is still running, the group
     restarts from the checkpoint before: those iterations are replayed, and not logged twice.)"""
     proc = subprocess.Popen(submit_cmd(iters, 2, "run.max_failures=1",
-                                       "solver.checkpoint_period=5", *SEEDED),
+                                       "solver.checkpoint_period=5", *SEEDED, *extra),
                             cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     pid = wait_until(lambda: _rank_log_match(workdir, "log.txt.rank1",
                                              r"\(pid (\d+)\) starts training"),
@@ -369,7 +370,8 @@ def restart_cost(workdir: Path, iters: int) -> Restart:
            / "log.txt").read_text()
     restored = re.findall(r"restored from Ray checkpoint at iteration (\d+)", log)
     return Restart(seconds=after[0] - killed, saved=saved, restored=int(restored[-1]),
-                   startup=re.findall(r"worker start-up took .*", log)[-1])
+                   startup=re.findall(r"worker start-up took .*", log)[-1],
+                   blocked=[float(s) for s in re.findall(r"training blocked ([\d.]+) s", log)])
 
 
 def _rank_log_match(workdir: Path, name: str, pattern: str,

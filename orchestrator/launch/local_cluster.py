@@ -379,6 +379,13 @@ class ClusterProcess:
         _signal_all(pids, signal.SIGKILL)
         return pids
 
+    def kill_every_node(self) -> list[int]:
+        """SIGKILL every process of every node, head included, in one go: the whole cluster
+        lost at once (a zone outage), nothing shuts down. The supervisor stays, to be stopped."""
+        pids = node_processes([p for n in self.state()["nodes"] for p in n["pids"]])
+        _signal_all(pids, signal.SIGKILL)
+        return pids
+
     def stop(self, timeout: float = 90) -> None:
         state = self.state() if self.state_path.exists() else None
         if self.proc.poll() is None:

@@ -151,14 +151,17 @@ def _spawn(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> subp
 
 
 def start_s3(log_dir: Path, *, port: int | None = None, timeout: float = 60,
-             env: dict[str, str] | None = None) -> Server:
+             env: dict[str, str] | None = None, nice: int = 0) -> Server:
     """moto's S3 API on 127.0.0.1 (any access key is accepted; create buckets first).
 
     ``env`` adds to the server's environment: ``INITIAL_NO_AUTH_ACTION_COUNT=N`` makes moto
-    check credentials (against its IAM users) from the (N+1)th request on."""
+    check credentials (against its IAM users) from the (N+1)th request on. ``nice``: a lower
+    CPU priority, for a benchmark where the stand-in for remote storage should not take CPU
+    from training on the same machine."""
     port = port or free_port()
     log = Path(log_dir) / f"s3-{port}.log"
-    proc = _spawn([sys.executable, "-m", "orchestrator.team.s3", "--port", str(port)], log,
+    cmd = [sys.executable, "-m", "orchestrator.team.s3", "--port", str(port)]
+    proc = _spawn(["nice", "-n", str(nice), *cmd] if nice else cmd, log,
                   {**os.environ, **env} if env else None)
     url = f"http://127.0.0.1:{port}"
     _started(proc, url + "/moto-api/", log, "the S3 server", timeout)

@@ -195,7 +195,7 @@ class RayCheckpointHook(HookBase):
                          checkpoint_upload_mode=ray.train.CheckpointUploadMode.ASYNC,
                          delete_local_checkpoint_after_upload=True)
         self.blocked_s.append(time.perf_counter() - start)
-        logger.info("checkpoint at iteration %d: training blocked %.2f s (upload continues in "
+        logger.info("checkpoint at iteration %d: training blocked %.3f s (upload continues in "
                     "the background)", iteration, self.blocked_s[-1])
 
 

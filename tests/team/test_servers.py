@@ -46,3 +46,15 @@ def test_stop_ends_the_process(tmp_path):
     assert server.alive()
     server.stop()
     assert not server.alive()
+
+
+def test_s3_server_at_a_lower_cpu_priority(tmp_path):
+    from orchestrator.team.servers import create_bucket, start_s3
+
+    server = start_s3(tmp_path, nice=5)
+    try:
+        assert psutil.Process(server.pid).nice() == psutil.Process().nice() + 5
+        create_bucket(server.url, "niced-bucket")  # it serves
+    finally:
+        server.stop()
+    assert not server.alive()
