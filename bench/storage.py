@@ -7,14 +7,17 @@ demo model (jobs/demo.yaml) trains on it. In one run:
    every 5 iterations whose rank-1 worker is SIGKILLed once checkpoint 9 is stored
    (``overhead.restart_cost``): training seconds blocked per checkpoint (rank 0's ``training
    blocked N s`` lines of both attempts, median) and seconds from the kill to the next logged
-   iteration. Prints S3/local for both; the goal is blocked S3 <= 1.10x local.
+   iteration. The two storages alternate ``--repeats`` times, because this machine's load
+   drifts between runs; printed is each pair's S3/local and the median of the pairs' ratios.
+   The goal is blocked S3 <= 1.10x local.
 2. Every node lost: the demo on a 2-node local cluster (``submit --address``, 1 worker per
    node), checkpoints in the bucket and tracking on an MLflow server on PostgreSQL with its
    artifacts in S3 (the team setup). Once Ray's snapshot in the bucket lists a checkpoint
    every node is SIGKILLed at once; a new cluster starts and ``submit --resume`` continues the
    run: seconds to start the new cluster, seconds from the resume's start to its first logged
    iteration, iterations trained again (the last iteration in rank 0's log at the loss less
-   the one restored), and the run's final status.
+   the one restored; at most ``--period`` while one upload takes less than a period), and the
+   run's final status.
 
 The S3 server runs on this machine, its request handling competing with the 1-CPU workers for
 the cores (``--s3-nice 10`` lowers its priority, as if the storage were on other machines; on
@@ -22,8 +25,8 @@ this 2-core VM both gave the same ratio). Absolute numbers depend on the machine
 (printed; another developer's job starting mid-run moves one side): compare the ratios of one
 run, and repeat a run whose load average moved a lot.
 
-    PYTHONPATH=$PWD .venv/bin/python bench/storage.py [--iters 40] [--s3-nice 0] [--skip-local-s3]
-        [--skip-every-node]
+    PYTHONPATH=$PWD .venv/bin/python bench/storage.py [--iters 40] [--repeats 3] [--s3-nice 0]
+        [--skip-local-s3] [--skip-every-node]
 """
 
 from __future__ import annotations
@@ -56,7 +59,6 @@ from orchestrator.team.servers import (  # noqa: E402
     start_s3,
 )
 
-PERIOD = 5  # restart_cost's checkpoint period
 CREDENTIALS = "run.env_from=[AWS_ACCESS_KEY_ID,AWS_SECRET_ACCESS_KEY]"
 
 
@@ -74,7 +76,8 @@ def one_storage(label: str, iters: int, storage: str | None) -> Restart:
 class EveryNode:
     """The every-node-lost scenario's servers, job and MLflow run."""
 
-    def __init__(self, root: Path, s3: Server, tracking: Server, iters: int) -> None:
+    def __init__(self, root: Path, s3: Server, tracking: Server, iters: int,
+                 period: int) -> None:
         self.root = root
         self.bucket = "bench-every-node"
         create_bucket(s3.url, self.bucket)
@@ -82,10 +85,11 @@ class EveryNode:
         self.endpoint = s3.url
         self.tracking = tracking.url
         self.iters = iters
+        self.period = period
 
     def submit(self, cluster: ClusterProcess, *extra: str) -> subprocess.Popen[bytes]:
         args = [str(JOB), "--address", cluster.address, "resources.workers=2",
-                f"solver.max_iter={self.iters}", f"solver.checkpoint_period={PERIOD}",
+                f"solver.max_iter={self.iters}", f"solver.checkpoint_period={self.period}",
                 "tracking.log_period=1", "eval.enabled=false", "tracking.experiment=bench",
                 f"tracking.tracking_uri={self.tracking}", f"run.storage_path={self.storage}",
                 f"run.output_dir={self.root}/output", CREDENTIALS, *SEEDED, *extra]
@@ -145,14 +149,14 @@ def cluster(where: Path) -> ClusterProcess:
                                 log_path=where / "cluster.log")
 
 
-def every_node(root: Path, s3: Server, iters: int) -> None:
+def every_node(root: Path, s3: Server, iters: int, period: int) -> None:
     postgres = start_postgres()
     try:
         create_bucket(s3.url, "bench-mlflow")
         tracking = start_mlflow(backend_uri=postgres.url, log_dir=root, s3_endpoint=s3.url,
                                 artifacts_destination="s3://bench-mlflow/mlflow")
         try:
-            lose_and_resume(EveryNode(root, s3, tracking, iters))
+            lose_and_resume(EveryNode(root, s3, tracking, iters, period))
         finally:
             tracking.stop()
     finally:
@@ -189,24 +193,38 @@ def lose_and_resume(scenario: EveryNode) -> None:
           f"cluster in {up:.1f} s; submit --resume to its first logged iteration "
           f"{resumed - submitted:.1f} s ({resumed - started:.1f} s with the cluster); restored "
           f"from {restored[-1] if restored else 'nothing'}: {before - int(restored[-1])} "
-          f"iterations trained again (checkpoint period {PERIOD}; uploading at the loss: "
+          f"iterations trained again (checkpoint period {scenario.period}; uploading at the loss: "
           f"{uploading or 'none'}); run {run.info.status}, exit {again.returncode}",
           flush=True)
 
 
-def local_against_s3(s3: Server, iters: int) -> None:
+def local_against_s3(s3: Server, iters: int, repeats: int) -> None:
+    """Local and S3 runs in alternation; the median of the pairs' ratios."""
     create_bucket(s3.url, "bench-storage")
-    local = one_storage("local disk", iters, None)
-    remote = one_storage("S3", iters, s3_storage_uri(s3.url, "bench-storage"))
-    ratio = statistics.median(remote.blocked) / statistics.median(local.blocked)
-    print(f"S3/local: blocked per checkpoint {ratio:.2f}x (goal <= 1.10x), worker restart "
-          f"{remote.seconds / local.seconds:.2f}x", flush=True)
+    storage = s3_storage_uri(s3.url, "bench-storage")
+    blocked, restart = [], []
+    for pair in range(1, repeats + 1):
+        local = one_storage(f"[{pair}] local disk", iters, None)
+        remote = one_storage(f"[{pair}] S3", iters, storage)
+        blocked.append(statistics.median(remote.blocked) / statistics.median(local.blocked))
+        restart.append(remote.seconds / local.seconds)
+        print(f"[{pair}] S3/local: blocked per checkpoint {blocked[-1]:.2f}x, worker restart "
+              f"{restart[-1]:.2f}x (load average {os.getloadavg()[0]:.1f})", flush=True)
+    print(f"S3/local over {repeats} pairs (median): blocked per checkpoint "
+          f"{statistics.median(blocked):.2f}x (goal <= 1.10x; pairs "
+          f"{', '.join(f'{r:.2f}' for r in blocked)}), worker restart "
+          f"{statistics.median(restart):.2f}x", flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--iters", type=int, default=40,
                         help="solver.max_iter (at least 20: the worker is killed after 9)")
+    parser.add_argument("--period", type=int, default=15,
+                        help="checkpoint period of the every-node run (the redone-work bound "
+                        "holds while one upload takes less than a period)")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="local/S3 pairs, alternating (the ratio is the pairs' median)")
     parser.add_argument("--s3-nice", type=int, default=0,
                         help="the S3 server's nice value (10: it yields the CPU to training, "
                         "as storage on other machines would)")
@@ -221,9 +239,9 @@ def main() -> None:
         s3 = start_s3(Path(root), nice=args.s3_nice)
         try:
             if not args.skip_local_s3:
-                local_against_s3(s3, args.iters)
+                local_against_s3(s3, args.iters, args.repeats)
             if not args.skip_every_node:
-                every_node(Path(root), s3, args.iters)
+                every_node(Path(root), s3, args.iters, args.period)
         finally:
             s3.stop()
     print(f"load average at end: {os.getloadavg()[0]:.1f}")

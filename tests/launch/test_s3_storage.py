@@ -5,6 +5,7 @@ checkpoint back from the bucket; a killed worker resumes from the bucket."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -39,12 +40,28 @@ def _storage(server: Server, bucket: str, *, with_keys: bool = False) -> str:
     return uri.replace("s3://", f"s3://{KEY}:{SECRET}@") if with_keys else uri
 
 
+def _client(server: Server):  # type: ignore[no-untyped-def]
+    # Keys named: boto3's default session keeps the first ones it found (another test's).
+    return boto3.client("s3", endpoint_url=server.url, region_name=REGION,
+                        aws_access_key_id=os.environ["AWS_ACCESS_KEY_ID"],
+                        aws_secret_access_key=os.environ["AWS_SECRET_ACCESS_KEY"])
+
+
+def listed_checkpoints(s3, bucket: str) -> list[str]:  # type: ignore[no-untyped-def]
+    """The checkpoints Ray's snapshot in the bucket lists, oldest first: Ray lists one only
+    once all of its files are uploaded (a folder in the bucket may still be uploading)."""
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+    found = [o["Key"] for page in pages for o in page.get("Contents", [])
+             if o["Key"].endswith("/checkpoint_manager_snapshot.json")]
+    if not found:
+        return []
+    body = s3.get_object(Bucket=bucket, Key=found[0])["Body"].read()
+    return [c["checkpoint_dir_name"] for c in json.loads(body)["checkpoint_results"]]
+
+
 def _checkpoint_keys(server: Server, bucket: str) -> dict[int, list[str]]:
     """Iteration -> the files of its checkpoint folder in the bucket."""
-    # Keys named: boto3's default session keeps the first ones it found (another test's).
-    s3 = boto3.client("s3", endpoint_url=server.url, region_name=REGION,
-                      aws_access_key_id=os.environ["AWS_ACCESS_KEY_ID"],
-                      aws_secret_access_key=os.environ["AWS_SECRET_ACCESS_KEY"])
+    s3 = _client(server)
     found: dict[int, list[str]] = {}
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
         for obj in page.get("Contents", []):
@@ -102,7 +119,9 @@ def test_checkpoints_go_to_the_bucket_and_predict_reads_them_back(
 
 def test_a_killed_worker_resumes_from_the_bucket(workdir: Path, s3_server: Server,
                                                  s3_bucket: str) -> None:
-    job = _job(workdir, max_iter=16, period=4)
+    """Rank 1 is SIGKILLed once Ray lists the first checkpoint as uploaded (the 115 MB upload to
+    moto takes several seconds, about 20 iterations here: 40 leave room for the kill)."""
+    job = _job(workdir, max_iter=40, period=8)
     proc = subprocess.Popen(
         [sys.executable, "-m", "orchestrator", "submit", str(job), "run.max_failures=1",
          f"run.storage_path={_storage(s3_server, s3_bucket)}"],
@@ -111,23 +130,25 @@ def test_a_killed_worker_resumes_from_the_bucket(workdir: Path, s3_server: Serve
     try:
         pid = wait_until(lambda: worker_pid(workdir), timeout=240, what="rank 1 never started")
         client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}")
-        wait_until(lambda: 3 in _checkpoint_keys(s3_server, s3_bucket)
-                   and max(logged_steps(client), default=-1) >= 5, timeout=240,
-                   what="no checkpoint in the bucket")
+        s3 = _client(s3_server)
+        wait_until(lambda: listed_checkpoints(s3, s3_bucket), timeout=240,
+                   what="no checkpoint uploaded")
+        killed_at = max(logged_steps(client), default=-1)
         os.kill(pid, signal.SIGKILL)  # a real kill of a worker process
         output, _ = proc.communicate(timeout=400)
     finally:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0, output
+    assert killed_at < 39, killed_at  # killed mid-run, or this test shows nothing
     run = _one_run(client)
     assert run.info.status == "FINISHED"
     steps = logged_steps(client)
-    assert steps == sorted(set(steps)) and steps[-1] == 15, steps
+    assert steps == sorted(set(steps)) and steps[-1] == 39, steps
     logs = "".join(p.read_text() for p in (workdir / ".orchestrator" / "output").glob("*/log.txt"))
     restored = re.findall(r"restored from Ray checkpoint at iteration (\d+)", logs)
     assert restored and int(restored[0]) in _checkpoint_keys(s3_server, s3_bucket), restored
-    assert sorted(_checkpoint_keys(s3_server, s3_bucket)) == [3, 7, 11, 15]
+    assert sorted(_checkpoint_keys(s3_server, s3_bucket)) == [7, 15, 23, 31, 39]
     artifacts = [a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")]
     assert "checkpoints/model_final.pth" in artifacts
 

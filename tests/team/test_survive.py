@@ -1,6 +1,6 @@
 """A run on the local multi-node cluster with its checkpoints in S3 and its tracking on the team
 server (PostgreSQL, artifacts in S3) survives losing every node at once, and S3 outages during a
-checkpoint upload. Each trains a tiny model for 40 iterations on 1-CPU nodes: ``slow``.
+checkpoint upload. Each trains a tiny model for 72 iterations on 1-CPU nodes: ``slow``.
 
 The job is submitted with ``--address`` (its driver runs on the head, as on a cloud cluster),
 so losing the head takes the driver with it: the run is left RUNNING with its driver gone, and
@@ -10,7 +10,6 @@ it pauses (SIGSTOP/SIGCONT) to cut uploads off without losing the bucket.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -37,15 +36,19 @@ from orchestrator.team.servers import (
 from tests.conftest import TINY_JOB, write_spec
 from tests.launch.test_multinode import start_cluster
 from tests.launch.test_multinode_faults import finish, worker_logs
+from tests.launch.test_s3_storage import listed_checkpoints
 
 pytestmark = pytest.mark.slow
 
-# 40 iterations (about 0.5 s each here), a checkpoint every 8 (iterations 7, 15, ..., 39)
-ITERATIONS, PERIOD = 40, 8
+# 72 iterations (about 0.45 s each here), a checkpoint every 24 (iterations 23, 47, 71): a
+# period (about 11 s) longer than one upload of the 115 MB checkpoint to moto (about 7 s with
+# the nodes training on the same cores). The redone-work bound holds only then: Ray uploads
+# one checkpoint at a time.
+ITERATIONS, PERIOD = 72, 24
+FIRST, SECOND = f"iter_{PERIOD - 1:07d}", f"iter_{2 * PERIOD - 1:07d}"
 JOB = TINY_JOB.replace("max_iter: 6", f"max_iter: {ITERATIONS}").replace(
     "checkpoint_period: 100", f"checkpoint_period: {PERIOD}").replace("log_period: 2",
                                                                      "log_period: 1")
-SNAPSHOT = "checkpoint_manager_snapshot.json"
 OUTAGE_S = 20
 
 
@@ -95,12 +98,7 @@ class Team:
 
     def checkpoints(self) -> list[str]:
         """The checkpoints Ray's snapshot lists as complete, oldest first (none: [])."""
-        keys = self.keys()
-        found = [k for k in keys if k.endswith(SNAPSHOT)]
-        if not found:
-            return []
-        body = self.s3.get_object(Bucket=self.bucket, Key=found[0])["Body"].read()
-        return [c["checkpoint_dir_name"] for c in json.loads(body)["checkpoint_results"]]
+        return listed_checkpoints(self.s3, self.bucket)
 
     def keys(self) -> list[str]:
         pages = self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket)
@@ -183,8 +181,9 @@ def test_losing_every_node_resumes_from_the_object_store_in_the_same_run(
 
 def test_a_checkpoint_whose_upload_was_cut_off_is_not_resumed_from(
         team: Team, tmp_path_factory: pytest.TempPathFactory) -> None:
-    """The S3 server stops answering (SIGSTOP) once iteration 7's checkpoint is stored, and the
-    whole cluster is lost while iteration 15's upload hangs: the run resumes from 7's."""
+    """The S3 server stops answering (SIGSTOP) once the first checkpoint (iteration 23) is
+    stored, and the whole cluster is lost while the second's upload hangs: the run resumes
+    from the first."""
     job = write_spec(team.workdir / "tiny.yaml", JOB)
 
     def upload_in_flight(team: Team) -> None:
@@ -197,12 +196,12 @@ def test_a_checkpoint_whose_upload_was_cut_off_is_not_resumed_from(
         run_id, _ = lose_every_node(team, job, tmp_path_factory, upload_in_flight)
     finally:
         os.kill(team.store.pid, signal.SIGCONT)
-    assert team.checkpoints() == ["iter_0000007"]
+    assert team.checkpoints() == [FIRST]
     # What a cut-off upload can leave (a store that shows objects before they are whole): a
     # newer checkpoint folder with a truncated model. Only the snapshot counts.
-    stored = next(k for k in team.keys() if k.endswith("iter_0000007/model.pth"))
+    stored = next(k for k in team.keys() if k.endswith(f"{FIRST}/model.pth"))
     head = team.s3.get_object(Bucket=team.bucket, Key=stored, Range="bytes=0-999")
-    team.s3.put_object(Bucket=team.bucket, Key=stored.replace("iter_0000007", "iter_0000015"),
+    team.s3.put_object(Bucket=team.bucket, Key=stored.replace(FIRST, SECOND),
                        Body=head["Body"].read())
     resume(team, job, run_id, tmp_path_factory)
     assert restored(team.workdir) == [PERIOD - 1, PERIOD - 1]
@@ -210,8 +209,8 @@ def test_a_checkpoint_whose_upload_was_cut_off_is_not_resumed_from(
 
 def test_a_short_s3_outage_during_an_upload_is_retried(
         team: Team, tmp_path_factory: pytest.TempPathFactory) -> None:
-    """The S3 server stops answering for OUTAGE_S (20 s) from when iteration 7's checkpoint is
-    stored, so iteration 15's upload hangs: it is retried and the run finishes with no restart
+    """The S3 server stops answering for OUTAGE_S (20 s) from when the first checkpoint is
+    stored, so the second's upload hangs: it is retried and the run finishes with no restart
     (run.max_failures is 0)."""
     job = write_spec(team.workdir / "tiny.yaml", JOB)
     with start_cluster(2, tmp_path_factory.mktemp("cluster")) as cluster:
