@@ -339,6 +339,7 @@ class Restart:
     restored: int  # the iteration the new attempt restored
     startup: str  # the new rank 0's start-up line
     blocked: list[float]  # rank 0's 'training blocked N s', one per checkpoint, both attempts
+    saving: list[float]  # the local save's share of each ('save N s')
 
 
 def restart_cost(workdir: Path, iters: int, extra: tuple[str, ...] = ()) -> Restart:
@@ -371,7 +372,8 @@ def restart_cost(workdir: Path, iters: int, extra: tuple[str, ...] = ()) -> Rest
     restored = re.findall(r"restored from Ray checkpoint at iteration (\d+)", log)
     return Restart(seconds=after[0] - killed, saved=saved, restored=int(restored[-1]),
                    startup=re.findall(r"worker start-up took .*", log)[-1],
-                   blocked=[float(s) for s in re.findall(r"training blocked ([\d.]+) s", log)])
+                   blocked=[float(s) for s in re.findall(r"training blocked ([\d.]+) s", log)],
+                   saving=[float(s) for s in re.findall(r"\(save ([\d.]+) s", log)])
 
 
 def _rank_log_match(workdir: Path, name: str, pattern: str,

@@ -190,13 +190,16 @@ class RayCheckpointHook(HookBase):
                    total_batch=self.trainer.cfg.SOLVER.IMS_PER_BATCH)
         if final and self._output is not None:
             _link_or_copy(folder / CHECKPOINT_FILE, self._output / "model_final.pth")
+        saved = time.perf_counter()
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(folder)),
                          checkpoint_dir_name=f"iter_{iteration:07d}",
                          checkpoint_upload_mode=ray.train.CheckpointUploadMode.ASYNC,
                          delete_local_checkpoint_after_upload=True)
         self.blocked_s.append(time.perf_counter() - start)
-        logger.info("checkpoint at iteration %d: training blocked %.3f s (upload continues in "
-                    "the background)", iteration, self.blocked_s[-1])
+        # The split says whether a slow checkpoint is the disk (save) or the ranks' barrier.
+        logger.info("checkpoint at iteration %d: training blocked %.3f s (save %.3f s, report "
+                    "%.3f s; upload continues in the background)", iteration, self.blocked_s[-1],
+                    saved - start, self.blocked_s[-1] - (saved - start))
 
 
 def _link_or_copy(source: Path, target: Path) -> None:
