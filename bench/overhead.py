@@ -372,8 +372,13 @@ def restart_cost(workdir: Path, iters: int, extra: tuple[str, ...] = ()) -> Rest
     restored = re.findall(r"restored from Ray checkpoint at iteration (\d+)", log)
     return Restart(seconds=after[0] - killed, saved=saved, restored=int(restored[-1]),
                    startup=re.findall(r"worker start-up took .*", log)[-1],
-                   blocked=[float(s) for s in re.findall(r"training blocked ([\d.]+) s", log)],
-                   saving=[float(s) for s in re.findall(r"\(save ([\d.]+) s", log)])
+                   **checkpoint_waits(log))
+
+
+def checkpoint_waits(log: str) -> dict[str, list[float]]:
+    """Rank 0's ``training blocked N s (save M s`` lines: ``blocked`` and ``saving``."""
+    return {"blocked": [float(s) for s in re.findall(r"training blocked ([\d.]+) s", log)],
+            "saving": [float(s) for s in re.findall(r"\(save ([\d.]+) s", log)]}
 
 
 def _rank_log_match(workdir: Path, name: str, pattern: str,

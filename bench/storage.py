@@ -50,7 +50,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from overhead import JOB, SEEDED, Restart, restart_cost, submit_cmd  # noqa: E402  (this folder)
+from overhead import (  # noqa: E402  (this folder)
+    JOB,
+    SEEDED,
+    Restart,
+    checkpoint_waits,
+    restart_cost,
+    submit_cmd,
+)
 
 from orchestrator.launch.local_cluster import NODE_ENV, ClusterProcess  # noqa: E402
 from orchestrator.launch.waiting import wait_until  # noqa: E402
@@ -213,8 +220,8 @@ def long_period(label: str, iters: int, period: int, storage: str | None) -> lis
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         log = "".join(p.read_text() for p in
                       Path(workdir, ".orchestrator", "output").glob("*/log.txt"))
-    blocked = [float(b) for b in re.findall(r"training blocked ([\d.]+) s", log)]
-    saving = [float(b) for b in re.findall(r"\(save ([\d.]+) s", log)]
+    waits = checkpoint_waits(log)
+    blocked, saving = waits["blocked"], waits["saving"]
     print(f"{label}, a checkpoint every {period}: blocked per checkpoint median "
           f"{statistics.median(blocked):.3f} s (max {max(blocked):.3f} s, {len(blocked)} "
           f"checkpoints; the local save {statistics.median(saving):.3f} s of it)", flush=True)

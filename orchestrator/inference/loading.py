@@ -124,16 +124,11 @@ def _storage(run: Any) -> tuple[Any, str] | None:
     return fs, f"{path.rstrip('/')}/{name}"
 
 
-def _ray_checkpoints(run: Any) -> dict[int, str]:
+def _ray_checkpoints(run: Any, fs: Any, folder: str) -> dict[int, str]:
     """The run's Ray Train checkpoints by iteration (``RayCheckpointHook`` names them
-    ``iter_NNNNNNN``), found through the run's storage path and Ray run name; each is a path
-    in the filesystem of :func:`_storage`."""
+    ``iter_NNNNNNN``) in its Ray Train ``folder``; each is a path in ``fs``."""
     from pyarrow.fs import FileSelector, FileType
 
-    located = _storage(run)
-    if located is None:
-        return {}
-    fs, folder = located
     found = {}
     try:
         for entry in fs.get_file_info(FileSelector(folder, allow_not_found=True)):
@@ -149,13 +144,12 @@ def _ray_checkpoints(run: Any) -> dict[int, str]:
     return found
 
 
-def _fetch(run: Any, weights: str, into: Path) -> Path:
+def _fetch(fs: Any, weights: str, into: Path) -> Path:
     """A checkpoint of :func:`_ray_checkpoints` as a local file (object storage: downloaded)."""
     import shutil
 
     from pyarrow.fs import LocalFileSystem
 
-    fs, _ = _storage(run) or (LocalFileSystem(), "")
     if isinstance(fs, LocalFileSystem):
         return Path(weights)
     target = into / f"{Path(weights).parent.name}-{CHECKPOINT_FILE}"
@@ -184,14 +178,16 @@ def _checkpoint(client: Any, run: Any, which: str, into: Path) -> Path:
     if which == "final":
         hint = "only finished trainings log it; pick a FINISHED run or give an iteration"
         return _download(client, run, CHECKPOINT_ARTIFACT, into, hint=hint)
-    available = _ray_checkpoints(run)
+    located = _storage(run)  # one filesystem for the listing and the download
+    fs, folder = located or (None, "")
+    available = _ray_checkpoints(run, fs, folder) if located else {}
     if which == "best":
-        return _fetch(run, available[_best_iteration(client, run, available)], into)
+        return _fetch(fs, available[_best_iteration(client, run, available)], into)
     if not which.isdigit() or int(which) not in available:
         have = ", ".join(map(str, sorted(available))) or "none in the run's storage path"
         raise InputError(f"--checkpoint {which}: use final, best or an iteration with a "
                          f"checkpoint ({have})")
-    return _fetch(run, available[int(which)], into)
+    return _fetch(fs, available[int(which)], into)
 
 
 def _check_device(device: str) -> None:
