@@ -23,10 +23,10 @@ demo: env
 	$(BIN)/orchestrator submit jobs/demo.yaml
 
 test: env
-	$(BIN)/python -m pytest -m "not slow and not gpu" $(PYTEST_ARGS)
+	$(BIN)/python -X faulthandler -m pytest -m "not slow and not gpu" $(PYTEST_ARGS)
 
 test-all: env
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -X faulthandler -m pytest $(PYTEST_ARGS)
 
 lint: env
 	$(BIN)/ruff check orchestrator tests bench
