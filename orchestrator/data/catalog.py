@@ -38,12 +38,23 @@ KNOWN_DATASETS: dict[str, tuple[str, str]] = {
 
 @dataclass(frozen=True, kw_only=True)
 class ResolvedDataset:
-    """A dataset as workers will register it: detectron2 name, json file, image folder."""
+    """A dataset as workers will register it: detectron2 name, json file, image folder.
+
+    The panoptic fields are set for a panoptic dataset (COCO panoptic json, its folder of
+    segment PNGs and the folder of "separated" stuff maps); None for an instances-only one.
+    """
 
     name: str
     json_file: str
     image_root: str
     builtin: bool = False
+    panoptic_json: str | None = None
+    panoptic_root: str | None = None
+    sem_seg_root: str | None = None
+
+    @property
+    def panoptic(self) -> bool:
+        return self.panoptic_json is not None
 
     @property
     def exists(self) -> bool:
@@ -58,6 +69,7 @@ class ResolvedData:
     test: ResolvedDataset | None
     usable_images: int | None
     class_names: tuple[str, ...]
+    stuff_names: tuple[str, ...] = ()  # panoptic data: stuff classes 1..S ("things" is 0)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -70,6 +82,7 @@ class ResolvedData:
             test=ResolvedDataset(**test) if test else None,
             usable_images=raw.get("usable_images"),
             class_names=tuple(raw["class_names"]),
+            stuff_names=tuple(raw.get("stuff_names", ())),
         )
 
 

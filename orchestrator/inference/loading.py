@@ -25,11 +25,14 @@ from orchestrator.errors import InputError
 from orchestrator.secrets import MASK, redact_urls
 from orchestrator.training.hooks import CHECKPOINT_FILE
 
-__all__ = ["LoadedRun", "load_run", "CHECKPOINT_ARTIFACT", "CLASSES_ARTIFACT"]
+__all__ = ["LoadedRun", "load_run", "CHECKPOINT_ARTIFACT", "CLASSES_ARTIFACT",
+           "STUFF_CLASSES_ARTIFACT"]
 
 CHECKPOINT_ARTIFACT = "checkpoints/model_final.pth"
 CONFIG_ARTIFACT = "config.yaml"
 CLASSES_ARTIFACT = "classes.json"
+# Panoptic runs: the stuff class names, contiguous ids 1..S in order (0 is "things").
+STUFF_CLASSES_ARTIFACT = "stuff_classes.json"
 
 
 @dataclass(frozen=True)
