@@ -31,6 +31,7 @@ __all__ = [
     "SyntheticSpec",
     "DatasetSpec",
     "DataSpec",
+    "default_stuff_root",
     "ResourcesSpec",
     "SolverSpec",
     "EvalSpec",
@@ -94,14 +95,31 @@ class SyntheticSpec(_Strict):
     num_images: int = Field(200, ge=2, strict=True, description="Images in total (train + val).")
     size: int = Field(128, ge=32, strict=True, description="Image side in pixels.")
     seed: int = Field(0, strict=True, description="Same seed, same dataset.")
+    stuff_classes: int = Field(
+        0, ge=0, le=8, strict=True,
+        description="Background region classes under the shapes; 0 = instances only, > 0 = "
+        "panoptic data (COCO panoptic json, segment PNGs and stuff maps).")
 
 
 class DatasetSpec(_Strict):
-    """A COCO-format dataset: a json file and its image folder, or a registered name."""
+    """A COCO-format dataset: a json file and its image folder, or a registered name.
 
-    name: str | None = Field(None, description="Registered name, e.g. coco_2017_train.")
-    json_file: Path | None = Field(None, description="COCO instances json.")
+    A panoptic dataset also names its COCO panoptic json and folder of segment PNGs; its
+    separated stuff maps are read from ``sem_seg_root`` and derived there when missing.
+    """
+
+    name: str | None = Field(None, description="Registered name, e.g. coco_2017_train or "
+                             "coco_2017_train_panoptic_separated.")
+    json_file: Path | None = Field(None, description="COCO instances json (thing classes).")
     image_root: Path | None = Field(None, description="Folder the json's file_name are under.")
+    panoptic_json: Path | None = Field(None, description="COCO panoptic json (with "
+                                       "panoptic_root): makes the dataset panoptic.")
+    panoptic_root: Path | None = Field(None, description="Folder of the panoptic json's "
+                                       "segment PNGs.")
+    sem_seg_root: Path | None = Field(
+        None, description="Folder of the separated stuff maps (uint8 PNG per panoptic "
+        "file_name), derived when missing. Default: beside panoptic_root, its name with "
+        "'panoptic_' made 'panoptic_stuff_' (detectron2's COCO layout) or else '_stuff' added.")
 
     @model_validator(mode="after")
     def _one_source(self) -> DatasetSpec:
@@ -111,6 +129,36 @@ class DatasetSpec(_Strict):
         if not self.name and (self.json_file is None or self.image_root is None):
             raise ValueError("give a registered name, or both json_file and image_root")
         return self
+
+    @model_validator(mode="after")
+    def _panoptic_files(self) -> DatasetSpec:
+        given = [f for f in ("panoptic_json", "panoptic_root", "sem_seg_root")
+                 if getattr(self, f) is not None]
+        if given and self.name:
+            raise ValueError(f"{', '.join(given)}: only with json_file + image_root; a "
+                             f"registered name ('{self.name}') brings its own panoptic files")
+        if given and (self.panoptic_json is None or self.panoptic_root is None):
+            missing = "panoptic_root" if self.panoptic_json is not None else "panoptic_json"
+            raise ValueError(f"{missing} is missing: a panoptic dataset needs both "
+                             "panoptic_json and panoptic_root (sem_seg_root is optional)")
+        return self
+
+    @property
+    def stuff_root(self) -> Path | None:
+        """``sem_seg_root``, or its default beside ``panoptic_root`` (None: not panoptic)."""
+        if self.sem_seg_root is not None or self.panoptic_root is None:
+            return self.sem_seg_root
+        return default_stuff_root(self.panoptic_root)
+
+
+def default_stuff_root(panoptic_root: Path) -> Path:
+    """Where the stuff maps of ``panoptic_root`` go when no ``sem_seg_root`` is given:
+    ``panoptic_train2017`` -> ``panoptic_stuff_train2017`` (detectron2's COCO layout),
+    ``segments`` -> ``segments_stuff``."""
+    name = panoptic_root.name
+    stuff = ("panoptic_stuff_" + name.removeprefix("panoptic_")
+             if name.startswith("panoptic_") else f"{name}_stuff")
+    return panoptic_root.with_name(stuff)
 
 
 class DataSpec(_Strict):

@@ -23,6 +23,7 @@ __all__ = [
     "ResolvedDataset",
     "ResolvedData",
     "KNOWN_DATASETS",
+    "KNOWN_PANOPTIC",
     "resolve_data",
     "count_usable_images",
 ]
@@ -33,6 +34,15 @@ KNOWN_DATASETS: dict[str, tuple[str, str]] = {
     "coco_2017_train": ("coco/train2017", "coco/annotations/instances_train2017.json"),
     "coco_2017_val": ("coco/val2017", "coco/annotations/instances_val2017.json"),
     "coco_2017_val_100": ("coco/val2017", "coco/annotations/instances_val2017_100.json"),
+}
+# detectron2's built-in "separated" panoptic names: (images, instances json, panoptic json,
+# segment PNGs, stuff maps), as detectron2 and its prepare_panoptic_fpn.py lay COCO out.
+KNOWN_PANOPTIC: dict[str, tuple[str, str, str, str, str]] = {
+    f"coco_2017_{split}_panoptic_separated": (
+        f"coco/{split}2017", f"coco/annotations/instances_{split}2017.json",
+        f"coco/annotations/panoptic_{split}2017.json", f"coco/panoptic_{split}2017",
+        f"coco/panoptic_stuff_{split}2017")
+    for split in ("train", "val")
 }
 
 
@@ -154,26 +164,49 @@ def _class_names(coco: dict[str, Any]) -> tuple[str, ...]:
     return tuple(c["name"] for c in sorted(coco.get("categories", []), key=lambda c: c["id"]))
 
 
+def _builtin(name: str) -> ResolvedDataset:
+    """A detectron2 built-in name, located under ``$DETECTRON2_DATASETS`` as detectron2 does."""
+    root = Path(os.environ.get("DETECTRON2_DATASETS", "datasets")).resolve()
+    if name in KNOWN_PANOPTIC:
+        images, ann, pan_json, pan_root, stuff = (str(root / p) for p in KNOWN_PANOPTIC[name])
+        return ResolvedDataset(name=name, json_file=ann, image_root=images, builtin=True,
+                               panoptic_json=pan_json, panoptic_root=pan_root,
+                               sem_seg_root=stuff)
+    images, ann = KNOWN_DATASETS[name]
+    return ResolvedDataset(name=name, json_file=str(root / ann), image_root=str(root / images),
+                           builtin=True)
+
+
 def _from_spec(ds: DatasetSpec, default_name: str, base: Path) -> ResolvedDataset:
-    if ds.name and ds.name in KNOWN_DATASETS:
-        root = Path(os.environ.get("DETECTRON2_DATASETS", "datasets")).resolve()
-        images, ann = KNOWN_DATASETS[ds.name]
-        return ResolvedDataset(name=ds.name, json_file=str(root / ann),
-                               image_root=str(root / images), builtin=True)
+    if ds.name and (ds.name in KNOWN_DATASETS or ds.name in KNOWN_PANOPTIC):
+        return _builtin(ds.name)
     if ds.name:
-        known = ", ".join(KNOWN_DATASETS)
+        known = ", ".join([*KNOWN_DATASETS, *KNOWN_PANOPTIC])
         raise InputError(f"data: unknown dataset name '{ds.name}' (known: {known}); "
                          "or give json_file and image_root")
     assert ds.json_file is not None and ds.image_root is not None
-    return ResolvedDataset(name=default_name, json_file=str((base / ds.json_file).resolve()),
-                           image_root=str((base / ds.image_root).resolve()))
+
+    def absolute(path: Path | None) -> str | None:
+        return None if path is None else str((base / path).resolve())
+
+    return ResolvedDataset(name=default_name, json_file=str(absolute(ds.json_file)),
+                           image_root=str(absolute(ds.image_root)),
+                           panoptic_json=absolute(ds.panoptic_json),
+                           panoptic_root=absolute(ds.panoptic_root),
+                           sem_seg_root=absolute(ds.stuff_root))
 
 
 def _check_exists(ds: ResolvedDataset, field: str) -> None:
+    """The files a dataset is read from must be there; stuff maps may be derived later."""
     if not Path(ds.json_file).is_file():
         raise InputError(f"{field}: annotation file not found: {ds.json_file}")
     if not Path(ds.image_root).is_dir():
         raise InputError(f"{field}: image folder not found: {ds.image_root}")
+    if ds.panoptic_json is not None and not Path(ds.panoptic_json).is_file():
+        raise InputError(f"{field}.panoptic_json: panoptic json not found: {ds.panoptic_json}")
+    if ds.panoptic_root is not None and not Path(ds.panoptic_root).is_dir():
+        raise InputError(f"{field}.panoptic_root: folder of panoptic PNGs not found: "
+                         f"{ds.panoptic_root}")
 
 
 def _synthetic(spec: JobSpec, cache_root: Path, generate: bool) -> tuple[ResolvedDataset, ...]:
@@ -181,17 +214,47 @@ def _synthetic(spec: JobSpec, cache_root: Path, generate: bool) -> tuple[Resolve
 
     syn = spec.data.synthetic
     assert syn is not None
-    key = f"shapes-n{syn.num_images}-s{syn.size}-seed{syn.seed}"
+    params = {"num_images": syn.num_images, "size": syn.size, "seed": syn.seed,
+              "stuff_classes": syn.stuff_classes}
+    key = synth.dataset_name(**params)
     if generate:
-        made = synth.ensure(cache_root, num_images=syn.num_images, size=syn.size, seed=syn.seed)
+        made = synth.ensure(cache_root, **params)
         splits = (made.train, made.val)
     else:
-        root = cache_root / key
-        splits = tuple(  # type: ignore[assignment]
-            synth.SyntheticSplit(name=s, json_file=root / "annotations" / f"instances_{s}.json",
-                                 image_root=root / s, num_images=0) for s in ("train", "val"))
+        splits = tuple(synth.split_files(cache_root / key, s, num_images=0,
+                                         panoptic=syn.stuff_classes > 0)
+                       for s in ("train", "val"))  # type: ignore[assignment]
+
+    def text(path: Path | None) -> str | None:
+        return None if path is None else str(path)
+
     return tuple(ResolvedDataset(name=f"{key}_{s.name}", json_file=str(s.json_file),
-                                 image_root=str(s.image_root)) for s in splits)
+                                 image_root=str(s.image_root), panoptic_json=text(s.panoptic_json),
+                                 panoptic_root=text(s.panoptic_root),
+                                 sem_seg_root=text(s.sem_seg_root)) for s in splits)
+
+
+def _stuff_names(ds: ResolvedDataset) -> tuple[str, ...]:
+    """Stuff class names of a panoptic dataset whose json is here, in ``semantic_ids`` order
+    (contiguous ids 1..S); () otherwise."""
+    if ds.panoptic_json is None or not Path(ds.panoptic_json).is_file():
+        return ()
+    from orchestrator.data.panoptic import panoptic_categories
+
+    return tuple(str(c["name"]) for c in panoptic_categories(Path(ds.panoptic_json))
+                 if not c["isthing"])
+
+
+def _panoptic_ready(ds: ResolvedDataset, field: str, cache_root: Path,
+                    checks: Path | None) -> ResolvedDataset:
+    """A panoptic dataset whose files are here, checked and with its stuff maps derived
+    (``panoptic_check``); any other dataset as it is."""
+    if not ds.panoptic or not (ds.exists and Path(ds.panoptic_json or "").is_file()
+                               and Path(ds.panoptic_root or "").is_dir()):
+        return ds
+    from orchestrator.data.panoptic_check import prepare_panoptic
+
+    return prepare_panoptic(ds, field, cache_root=cache_root, checks=checks)
 
 
 def resolve_data(spec: JobSpec, *, cache_root: Path, base: Path | None = None,
@@ -200,7 +263,9 @@ def resolve_data(spec: JobSpec, *, cache_root: Path, base: Path | None = None,
     """Find the datasets, generate the synthetic one if asked, count and name classes.
 
     ``strict=False`` (dry runs) tolerates missing files: the count stays unknown. ``checks``
-    keeps the count and names by the json's content (``check_cache.cache_folder``).
+    keeps the count and names by the json's content (``check_cache.cache_folder``). With
+    ``generate``, a panoptic dataset is checked and its missing stuff maps derived
+    (``panoptic_check``: bad data is an InputError naming the file and segment).
     """
     base = base or Path.cwd()
     test: ResolvedDataset | None
@@ -213,7 +278,13 @@ def resolve_data(spec: JobSpec, *, cache_root: Path, base: Path | None = None,
     for ds, field in ((train, "data.train"), (test, "data.test")):
         if ds is not None and strict:
             _check_exists(ds, field)
+    if generate:
+        train = _panoptic_ready(train, "data.train", cache_root, checks)
+        test = _panoptic_ready(test, "data.test", cache_root, checks) if test else None
+    stuff = _stuff_names(train)
     if not Path(train.json_file).is_file():
-        return ResolvedData(train=train, test=test, usable_images=None, class_names=())
+        return ResolvedData(train=train, test=test, usable_images=None, class_names=(),
+                            stuff_names=stuff)
     usable, names = _summary(Path(train.json_file), checks)
-    return ResolvedData(train=train, test=test, usable_images=usable, class_names=names)
+    return ResolvedData(train=train, test=test, usable_images=usable, class_names=names,
+                        stuff_names=stuff)

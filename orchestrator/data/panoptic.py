@@ -44,6 +44,9 @@ __all__ = [
     "semantic_map",
     "write_semantic_maps",
     "check_panoptic",
+    "PanopticIndex",
+    "panoptic_index",
+    "panoptic_categories",
 ]
 
 IGNORE_LABEL = 255
@@ -270,3 +273,35 @@ def check_panoptic(json_file: Path, png_dir: Path) -> list[PanopticProblem]:
         image = images.get(annotation.get("image_id"))
         problems += _image_problems(annotation, image, png_dir, categories)
     return problems
+
+
+@dataclass(frozen=True)
+class PanopticIndex:
+    """What registration needs of a panoptic json, without its ``segments_info``: the
+    categories and each image's PNG ``file_name``."""
+
+    categories: list[dict[str, Any]]
+    file_names: dict[Any, str]
+
+
+def panoptic_index(json_file: Path) -> PanopticIndex:
+    """Categories and ``image_id -> file_name``, the annotations streamed one at a time
+    (``coco_stream``): COCO train's segments would otherwise all be in memory at once."""
+    from orchestrator.data.coco_stream import stream_coco
+
+    names: dict[Any, str] = {}
+    try:
+        top = stream_coco(json_file, each=lambda a: names.__setitem__(a["image_id"],
+                                                                       a["file_name"])).top
+    except (OSError, ValueError, KeyError, TypeError):  # irregular: read it whole
+        top = _load(json_file)
+        names = {a["image_id"]: a["file_name"] for a in top["annotations"]}
+    if not isinstance(top.get("categories"), list):
+        _load(json_file)  # raises its InputError
+    semantic_ids(top["categories"])  # isthing must be 0/1 before anyone relies on it
+    return PanopticIndex(categories=list(top["categories"]), file_names=names)
+
+
+def panoptic_categories(json_file: Path) -> list[dict[str, Any]]:
+    """The categories of a panoptic json, in file order (``semantic_ids`` order)."""
+    return panoptic_index(json_file).categories

@@ -6,6 +6,12 @@ runs are reproducible and the generated files can be cached and shared between p
 
 Pure numpy + Pillow on purpose: generating data must never pull in torch, detectron2 or Ray.
 
+With ``stuff_classes`` S > 0 the shapes lie on S kinds of background region (Voronoi cells,
+each stuff class with its own muted colour and texture) and every split is also written as
+COCO panoptic data, in detectron2's COCO layout: ``annotations/panoptic_<split>.json``, the
+segment PNGs in ``panoptic_<split>/`` and the separated stuff maps in
+``panoptic_stuff_<split>/``. S = 0 writes exactly what it always wrote.
+
 The manifest, written last, records every file's size and checksum; a dataset whose files do
 not match it (cut, garbled, half-copied) is generated again with a warning. ``ensure`` (the
 cache that ``submit`` uses) holds a file lock while it checks and generates, so two processes
@@ -30,9 +36,11 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
+from orchestrator.data.panoptic import write_panoptic_png, write_semantic_maps
 from orchestrator.integrity import file_record, locked, record_problem
 
-__all__ = ["CLASSES", "SyntheticDataset", "SyntheticSplit", "ensure", "generate"]
+__all__ = ["CLASSES", "STUFF_CLASSES", "SyntheticDataset", "SyntheticSplit", "dataset_name",
+           "split_files", "ensure", "generate"]
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +63,26 @@ _MIN_VISIBLE = 0.6  # fraction of its own area every instance keeps after occlus
 _MAX_PLACEMENT_ATTEMPTS = 30
 _NOISE_SIGMA = 8.0
 
+STUFF_CLASSES: tuple[str, ...] = ("sky", "grass", "water", "sand", "wall", "road", "snow",
+                                  "wood")
+# Stuff category ids start here, apart from the things' 1..4 (COCO's stuff ids follow its
+# things too): the mapping to contiguous 1..S is then exercised, not an identity.
+_STUFF_ID_BASE = 101
+# Per stuff class: a muted base colour (the shapes' are saturated) and a texture, so that both
+# colour and pattern tell the classes apart.
+_STUFF_LOOKS: tuple[tuple[tuple[int, int, int], str], ...] = (
+    ((150, 175, 215), "plain"),
+    ((95, 125, 70), "vstripes"),
+    ((60, 90, 140), "waves"),
+    ((200, 180, 135), "dots"),
+    ((140, 110, 100), "bricks"),
+    ((80, 80, 85), "hstripes"),
+    ((235, 235, 240), "plain"),
+    ((120, 85, 55), "diagonal"),
+)
+_TEXTURE_AMPLITUDE = 22.0
+_MIN_CELLS, _MAX_CELLS = 2, 4  # Voronoi cells (stuff regions) per image
+
 Mask = npt.NDArray[np.bool_]
 Polygon = npt.NDArray[np.float64]
 Pixels = npt.NDArray[np.uint8]
@@ -68,6 +96,9 @@ class SyntheticSplit:
     json_file: Path
     image_root: Path
     num_images: int
+    panoptic_json: Path | None = None  # these three only for panoptic data (stuff_classes > 0)
+    panoptic_root: Path | None = None
+    sem_seg_root: Path | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -97,6 +128,7 @@ def generate(
     seed: int,
     val_fraction: float = 0.2,
     max_instances: int = 4,
+    stuff_classes: int = 0,
     overwrite: bool = False,
 ) -> SyntheticDataset:
     """Write the dataset to ``out_dir`` atomically, or reuse it if already there.
@@ -113,6 +145,7 @@ def generate(
         seed=seed,
         val_fraction=val_fraction,
         max_instances=max_instances,
+        stuff_classes=stuff_classes,
     )
     existing = _existing(out_dir, params, overwrite=overwrite)
     if existing is not None:
@@ -128,7 +161,15 @@ def generate(
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def ensure(cache_root: Path, *, num_images: int, size: int, seed: int) -> SyntheticDataset:
+def dataset_name(*, num_images: int, size: int, seed: int, stuff_classes: int = 0) -> str:
+    """The cache folder name of a parameter set (without stuff classes: the name it always
+    had, so existing caches stay valid)."""
+    stuff = f"-stuff{stuff_classes}" if stuff_classes else ""
+    return f"shapes-n{num_images}-s{size}-seed{seed}{stuff}"
+
+
+def ensure(cache_root: Path, *, num_images: int, size: int, seed: int,
+           stuff_classes: int = 0) -> SyntheticDataset:
     """Return the cached dataset for these parameters, generating it on first use.
 
     Safe under concurrency: a file lock makes racing processes take turns, so one generates
@@ -136,19 +177,20 @@ def ensure(cache_root: Path, *, num_images: int, size: int, seed: int) -> Synthe
     half-generated dataset, staging folders of a killed generator) is replaced.
     """
     cache_root = Path(cache_root)
-    name = f"shapes-n{num_images}-s{size}-seed{seed}"
+    name = dataset_name(num_images=num_images, size=size, seed=seed, stuff_classes=stuff_classes)
     with locked(cache_root / f".{name}.lock"):
         for stale in cache_root.glob(f".{name}.tmp-*"):  # the lock says: nobody writes these
             shutil.rmtree(stale, ignore_errors=True)
         return generate(cache_root / name, num_images=num_images, size=size, seed=seed,
-                        overwrite=True)
+                        stuff_classes=stuff_classes, overwrite=True)
 
 
 # --------------------------------------------------------------------------- parameters & cache
 
 
 def _parameters(
-    *, num_images: int, size: int, seed: int, val_fraction: float, max_instances: int
+    *, num_images: int, size: int, seed: int, val_fraction: float, max_instances: int,
+    stuff_classes: int = 0,
 ) -> dict[str, Any]:
     """Validate the arguments up front and return them as the manifest's cache key."""
     if size < 32:
@@ -159,6 +201,9 @@ def _parameters(
         raise ValueError(f"max_instances must be >= 1, got {max_instances}")
     if seed < 0:
         raise ValueError(f"seed must be >= 0, got {seed}")
+    if not 0 <= stuff_classes <= len(STUFF_CLASSES):
+        raise ValueError(f"stuff_classes must be in [0, {len(STUFF_CLASSES)}], got "
+                         f"{stuff_classes}")
     if not 0.0 <= val_fraction <= 1.0:
         raise ValueError(f"val_fraction must be in [0, 1], got {val_fraction}")
     num_val = max(1, round(num_images * val_fraction))
@@ -166,7 +211,7 @@ def _parameters(
         raise ValueError(
             f"val_fraction={val_fraction} leaves no training images out of num_images={num_images}"
         )
-    return {
+    params = {
         "format_version": _FORMAT_VERSION,
         "num_images": num_images,
         "size": size,
@@ -176,6 +221,9 @@ def _parameters(
         "num_train": num_images - num_val,
         "num_val": num_val,
     }
+    if stuff_classes:  # absent at 0: instance-only manifests stay byte-identical
+        params["stuff_classes"] = stuff_classes
+    return params
 
 
 def _existing(out_dir: Path, params: dict[str, Any], *, overwrite: bool) -> SyntheticDataset | None:
@@ -210,18 +258,25 @@ def _read_manifest(root: Path) -> dict[str, Any] | None:
     return manifest if isinstance(manifest, dict) else None
 
 
+def split_files(root: Path, name: str, *, num_images: int, panoptic: bool) -> SyntheticSplit:
+    """Where one split's files are: the one place that knows the on-disk layout."""
+    return SyntheticSplit(
+        name=name,
+        json_file=root / "annotations" / f"instances_{name}.json",
+        image_root=root / name,
+        num_images=num_images,
+        panoptic_json=root / "annotations" / f"panoptic_{name}.json" if panoptic else None,
+        panoptic_root=root / f"panoptic_{name}" if panoptic else None,
+        sem_seg_root=root / f"panoptic_stuff_{name}" if panoptic else None,
+    )
+
+
 def _dataset(root: Path, params: dict[str, Any]) -> SyntheticDataset:
-    """Describe the on-disk layout; the one place that knows where each split lives."""
-
-    def split(name: str) -> SyntheticSplit:
-        return SyntheticSplit(
-            name=name,
-            json_file=root / "annotations" / f"instances_{name}.json",
-            image_root=root / name,
-            num_images=int(params[f"num_{name}"]),
-        )
-
-    return SyntheticDataset(root=root, train=split("train"), val=split("val"))
+    """Describe the on-disk layout of a dataset generated with ``params``."""
+    panoptic = bool(params.get("stuff_classes"))
+    train, val = (split_files(root, name, num_images=int(params[f"num_{name}"]),
+                              panoptic=panoptic) for name in ("train", "val"))
+    return SyntheticDataset(root=root, train=train, val=val)
 
 
 def _publish(
@@ -270,11 +325,16 @@ def _write_dataset(root: Path, params: dict[str, Any]) -> None:
     split_rngs = {"train": rngs[: params["num_train"]], "val": rngs[params["num_train"] :]}
     (root / "annotations").mkdir()
     for name, image_rngs in split_rngs.items():
-        coco = _write_split(root / name, name, image_rngs, params)
+        if params.get("stuff_classes"):
+            coco = _write_panoptic_split(root, name, image_rngs, params)
+        else:
+            coco = _write_split(root / name, name, image_rngs, params)
         _write_json(root / "annotations" / f"instances_{name}.json", coco)
     written = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
-    manifest = {"classes": list(CLASSES), "parameters": params,
-                "files": file_record(root, written, times=False)}  # byte-reproducible
+    manifest: dict[str, Any] = {"classes": list(CLASSES), "parameters": params,
+                                "files": file_record(root, written, times=False)}
+    if params.get("stuff_classes"):
+        manifest["stuff_classes"] = list(STUFF_CLASSES[: params["stuff_classes"]])
     _write_json(root / "manifest.json", manifest)
 
 
@@ -346,6 +406,76 @@ def _write_json(path: Path, document: dict[str, Any]) -> None:
 def _save_png(pixels: Pixels, path: Path) -> None:
     """Pillow writes no tIME chunk by default, so equal pixels give equal bytes."""
     Image.fromarray(pixels).save(path, format="PNG")
+
+
+# --------------------------------------------------------------------------- panoptic writing
+
+
+def _write_panoptic_split(
+    root: Path, name: str, rngs: list[np.random.Generator], params: dict[str, Any]
+) -> dict[str, Any]:
+    """Render one split with stuff regions; write its images, segment PNGs, panoptic json and
+    stuff maps (``write_semantic_maps``, the rule pre-flight uses); return its COCO document."""
+    files = split_files(root, name, num_images=len(rngs), panoptic=True)
+    assert files.panoptic_json and files.panoptic_root and files.sem_seg_root
+    files.image_root.mkdir()
+    files.panoptic_root.mkdir()
+    size, stuff = params["size"], params["stuff_classes"]
+    images: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
+    segments: list[dict[str, Any]] = []
+    for image_id, rng in enumerate(rngs, start=1):
+        file_name = f"{image_id:06d}.png"
+        pixels, shapes, ids, info = _render_panoptic(rng, size, params["max_instances"], stuff)
+        _save_png(pixels, files.image_root / file_name)
+        write_panoptic_png(files.panoptic_root / file_name, ids)
+        images.append({"id": image_id, "file_name": file_name, "width": size, "height": size})
+        for shape, area in shapes:
+            annotations.append(_annotation(len(annotations) + 1, image_id, shape, area, size))
+        segments.append({"image_id": image_id, "file_name": file_name, "segments_info": info})
+    coco = _coco_document(name, images, annotations, params)
+    panoptic = {**coco, "annotations": segments, "categories": _panoptic_categories(stuff)}
+    _write_json(files.panoptic_json, panoptic)
+    write_semantic_maps(files.panoptic_json, files.panoptic_root, files.sem_seg_root)
+    return coco
+
+
+def _panoptic_categories(stuff: int) -> list[dict[str, Any]]:
+    """Things 1..4 as in the instances json, then ``stuff`` stuff categories from 101."""
+    things = [{"id": i, "name": n, "supercategory": "shape", "isthing": 1}
+              for i, n in enumerate(CLASSES, 1)]
+    return things + [{"id": _STUFF_ID_BASE + j, "name": STUFF_CLASSES[j],
+                      "supercategory": "background", "isthing": 0} for j in range(stuff)]
+
+
+def _segment_info(ident: int, category_id: int, mask: Mask) -> dict[str, Any]:
+    """COCO panoptic ``segments_info`` entry: area and box of the visible pixels."""
+    ys, xs = np.nonzero(mask)
+    bbox = [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1),
+            int(ys.max() - ys.min() + 1)]
+    return {"id": ident, "category_id": category_id, "area": int(mask.sum()), "bbox": bbox,
+            "iscrowd": 0}
+
+
+def _panoptic_segments(
+    visible: list[Mask], shapes: list[_Shape], regions: npt.NDArray[np.int64]
+) -> tuple[npt.NDArray[np.uint32], list[dict[str, Any]]]:
+    """Segment-id map and ``segments_info``: each shape is segment 1..n, then one segment per
+    stuff class with visible pixels left (a class fully hidden by shapes has none)."""
+    ids = np.zeros(regions.shape, dtype=np.uint32)
+    info: list[dict[str, Any]] = []
+    things = np.zeros(regions.shape, dtype=bool)
+    for ident, (mask, shape) in enumerate(zip(visible, shapes, strict=True), start=1):
+        ids[mask] = ident
+        things |= mask
+        info.append(_segment_info(ident, shape.category_id, mask))
+    for stuff in np.unique(regions).tolist():
+        mask = (regions == stuff) & ~things
+        if mask.any():
+            ident = len(info) + 1
+            ids[mask] = ident
+            info.append(_segment_info(ident, _STUFF_ID_BASE + stuff, mask))
+    return ids, info
 
 
 # --------------------------------------------------------------------------- rendering
@@ -454,3 +584,65 @@ def _background(rng: np.random.Generator, size: int) -> npt.NDArray[np.float64]:
     grey = rng.uniform(90.0, 170.0)
     tint = rng.uniform(-12.0, 12.0, size=3)
     return np.broadcast_to(grey + tint, (size, size, 3)).astype(np.float64)
+
+
+def _render_panoptic(
+    rng: np.random.Generator, size: int, max_instances: int, stuff: int
+) -> tuple[Pixels, list[tuple[_Shape, int]], npt.NDArray[np.uint32], list[dict[str, Any]]]:
+    """``_render_image`` on a background of stuff regions; also the segment ids and infos."""
+    count = int(rng.integers(1, max_instances + 1))
+    shapes: list[_Shape] = []
+    for _ in range(count):
+        shape = _place_shape(rng, size, shapes)
+        if shape is not None:
+            shapes.append(shape)
+    regions = _stuff_regions(rng, size, stuff)
+    canvas = _stuff_background(rng, regions)
+    for shape in shapes:
+        canvas[shape.mask] = shape.colour
+    canvas += rng.normal(0.0, _NOISE_SIGMA, size=canvas.shape)
+    pixels = np.clip(np.rint(canvas), 0, 255).astype(np.uint8)
+    visible = _visible_masks([shape.mask for shape in shapes])
+    ids, info = _panoptic_segments(visible, shapes, regions)
+    areas = [int(mask.sum()) for mask in visible]
+    return pixels, list(zip(shapes, areas, strict=True)), ids, info
+
+
+def _stuff_regions(rng: np.random.Generator, size: int, stuff: int) -> npt.NDArray[np.int64]:
+    """Stuff class (0..stuff-1) per pixel: 2-4 Voronoi cells, each of a random class."""
+    cells = int(rng.integers(_MIN_CELLS, _MAX_CELLS + 1))
+    seeds = rng.uniform(0.0, size, size=(cells, 2))
+    classes = rng.integers(stuff, size=cells)
+    ys, xs = np.mgrid[0:size, 0:size] + 0.5
+    distance = (xs[None] - seeds[:, 0, None, None]) ** 2 + (ys[None] - seeds[:, 1, None, None]) ** 2
+    return classes[np.argmin(distance, axis=0)].astype(np.int64)
+
+
+def _stuff_background(rng: np.random.Generator,
+                      regions: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:
+    """Each region in its class's colour (brightness jittered per image) and texture."""
+    size = regions.shape[0]
+    canvas = np.zeros((size, size, 3), dtype=np.float64)
+    for stuff in np.unique(regions).tolist():
+        colour, texture = _STUFF_LOOKS[stuff]
+        shade = rng.uniform(0.85, 1.15)
+        pattern = _texture(texture, size, phase=int(rng.integers(8)))
+        mask = regions == stuff
+        canvas[mask] = (np.asarray(colour, dtype=np.float64) * shade
+                        + _TEXTURE_AMPLITUDE * pattern[mask][:, None])
+    return canvas
+
+
+def _texture(kind: str, size: int, *, phase: int) -> npt.NDArray[np.float64]:
+    """A pattern in [-1, 1] over the image; ``phase`` shifts it so it is not pixel-fixed."""
+    ys, xs = np.mgrid[0:size, 0:size] + phase
+    patterns = {
+        "plain": np.zeros((size, size)),
+        "vstripes": np.where(xs // 4 % 2, 1.0, -1.0),
+        "hstripes": np.where(ys // 4 % 2, 1.0, -1.0),
+        "diagonal": np.where((xs + ys) // 4 % 2, 1.0, -1.0),
+        "waves": np.sin(ys / 2.0 + 2.0 * np.sin(xs / 6.0)),
+        "dots": np.where((xs % 6 < 2) & (ys % 6 < 2), 1.0, -0.3),
+        "bricks": np.where((ys % 8 == 0) | ((xs + 8 * (ys // 8 % 2)) % 16 == 0), -1.0, 0.3),
+    }
+    return patterns[kind].astype(np.float64)

@@ -186,6 +186,19 @@ def check_train_data(ctx: Context) -> None:
                      "every image and have nothing to train on")
 
 
+@_check("panoptic config and data", "model.config, model.opts, data.train", "plan")
+def check_panoptic_training(ctx: Context) -> None:
+    """A panoptic config trains its semantic head on stuff maps: instance-only data cannot
+    feed it. The data's panoptic files themselves were checked while resolving it."""
+    from orchestrator.models.preflight import check_trainable
+
+    prepared = ctx.prepared
+    note = check_trainable(prepared.config_file, list(prepared.spec.model.opts),
+                           panoptic_data=prepared.data.train.panoptic)
+    if note:
+        ctx.notes.append(note)
+
+
 # --------------------------------------------------------------------------- launch stage
 
 

@@ -13,7 +13,8 @@ import yaml
 
 from orchestrator.errors import InputError
 
-__all__ = ["config_value", "check_trainable", "check_arch", "check_model_config"]
+__all__ = ["config_value", "is_panoptic_config", "check_trainable", "check_arch",
+           "check_model_config"]
 
 PANOPTIC_KEY = "MODEL.PANOPTIC_FPN.COMBINE.ENABLED"
 META_KEY = "MODEL.META_ARCHITECTURE"
@@ -52,14 +53,30 @@ def config_value(config_file: Path, dotted: str, opts: list[Any] | None = None,
     return config_value(path.parent / base, dotted, None, _seen | {path})
 
 
-def check_trainable(config_file: Path, opts: list[Any] | None = None) -> None:
-    """Refuse configs we can build but not train (the Panoptic/ BlendMask configs)."""
-    if config_value(config_file, PANOPTIC_KEY, opts) is True:
+def is_panoptic_config(config_file: Path, opts: list[Any] | None = None) -> bool:
+    """Does the config train the panoptic branch: ``PANOPTIC_KEY`` True, or a config under a
+    ``Panoptic/`` folder that leaves it unset?"""
+    value = config_value(config_file, PANOPTIC_KEY, opts)
+    return value is True or (value is None and "Panoptic" in config_file.parts)
+
+
+def check_trainable(config_file: Path, opts: list[Any] | None = None, *,
+                    panoptic_data: bool, field: str = "data.train") -> str | None:
+    """A panoptic config needs panoptic data (its semantic head trains on the stuff maps);
+    instance-only data is refused. Returns a note for panoptic data under an instance-only
+    config (it trains the thing instances only), else None."""
+    panoptic = is_panoptic_config(config_file, opts)
+    if panoptic and not panoptic_data:
         raise InputError(
-            f"model.config: {config_file}: panoptic training is not supported yet "
-            f"({PANOPTIC_KEY} is True); the Panoptic/ configs build and load the published "
-            "checkpoints, use a non-panoptic config (e.g. configs/blendmask/R_50_3x.yaml) to "
-            "train")
+            f"model.config: {config_file} is a panoptic config ({PANOPTIC_KEY} is True) but "
+            f"{field} has no panoptic annotations; give {field}.panoptic_json and "
+            f"{field}.panoptic_root (and optionally sem_seg_root) beside json_file, a panoptic "
+            "name such as coco_2017_train_panoptic_separated, or data.synthetic.stuff_classes "
+            f"> 0; or train instances only with a config without {PANOPTIC_KEY}")
+    if panoptic_data and not panoptic:
+        return (f"{field} is panoptic but model.config {config_file.name} is not: training "
+                "the thing instances only (the stuff maps are unused)")
+    return None
 
 
 def check_arch(config_file: Path, arch: str, opts: list[Any] | None = None) -> None:
@@ -78,6 +95,6 @@ def check_arch(config_file: Path, arch: str, opts: list[Any] | None = None) -> N
 
 
 def check_model_config(config_file: Path, arch: str, opts: list[Any] | None = None) -> None:
-    """Every offline check of ``model.config`` against the spec."""
+    """Every offline check of ``model.config`` against the spec (``check_trainable`` needs
+    the resolved data: the pre-flight's "panoptic config and data" check runs it)."""
     check_arch(config_file, arch, opts)
-    check_trainable(config_file, opts)

@@ -6,6 +6,7 @@ import math
 
 from detectron2.config import CfgNode, get_cfg
 
+from orchestrator.data.panoptic import IGNORE_LABEL
 from orchestrator.evaluation.postprocess import DEFAULT_CHUNK_BYTES
 from orchestrator.job import WorkerJob
 from orchestrator.models.arch import get_arch
@@ -51,6 +52,9 @@ def _apply_data(cfg: CfgNode, job: WorkerJob) -> None:
     if job.data.class_names:
         for key in arch.num_classes_keys:
             set_dotted(cfg, key, len(job.data.class_names))
+    if job.data.stuff_names:  # panoptic data: "things" is semantic class 0, stuff 1..S
+        cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES = len(job.data.stuff_names) + 1
+        cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE = IGNORE_LABEL
     for key in arch.score_thresh_keys:
         set_dotted(cfg, key, job.spec.eval.score_thresh)
     cfg.TEST.DETECTIONS_PER_IMAGE = job.spec.eval.max_dets

@@ -100,6 +100,13 @@ def evaluation_json(results: Any) -> str:
     return json.dumps(_finite(results), indent=2, allow_nan=False)
 
 
+def _panoptic(cfg: Any) -> bool:
+    """The model trains a panoptic branch (detectron2's default cfg has COMBINE on, so the
+    config must also build a semantic head: BlendMask's panoptic configs)."""
+    return bool(cfg.MODEL.PANOPTIC_FPN.COMBINE.ENABLED) and \
+        cfg.MODEL.META_ARCHITECTURE in ("BlendMask", "PanopticFPN")
+
+
 class ArtifactHook(HookBase):
     """After training, rank 0 sends config, class names, metrics, evaluation results and the
     final checkpoint to the MLflow run."""
@@ -115,15 +122,25 @@ class ArtifactHook(HookBase):
 
     def _log_classes(self, client: Any) -> None:
         """``classes.json``: the class names by model class index, so ``predict`` can label
-        detections without the dataset (detectron2 fills ``thing_classes`` on loading it)."""
+        detections without the dataset (detectron2 fills ``thing_classes`` on loading it).
+        A panoptic run adds ``stuff_classes.json``: the stuff names, semantic ids 1..S."""
         from detectron2.data import MetadataCatalog
 
+        # loading.py imports this module: its names are imported here, not at the top
+        from orchestrator.inference.loading import CLASSES_ARTIFACT, STUFF_CLASSES_ARTIFACT
+
         datasets = self.trainer.cfg.DATASETS.TRAIN
-        names = MetadataCatalog.get(datasets[0]).get("thing_classes") if datasets else None
+        metadata = MetadataCatalog.get(datasets[0]) if datasets else None
+        names = metadata.get("thing_classes") if metadata else None
         if names:
-            path = self._output / "classes.json"
-            path.write_text(json.dumps(list(names)), encoding="utf-8")
-            self._log(client, path)
+            self._log_json(client, CLASSES_ARTIFACT, list(names))
+        if metadata and metadata.get("panoptic_json") and _panoptic(self.trainer.cfg):
+            self._log_json(client, STUFF_CLASSES_ARTIFACT, list(metadata.stuff_classes[1:]))
+
+    def _log_json(self, client: Any, name: str, value: Any) -> None:
+        path = self._output / name
+        path.write_text(json.dumps(value), encoding="utf-8")
+        self._log(client, path)
 
     def after_train(self) -> None:
         from mlflow.tracking import MlflowClient

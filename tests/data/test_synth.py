@@ -36,8 +36,11 @@ def test_public_api() -> None:
     assert CLASSES == ("circle", "square", "triangle", "star")
     assert set(synth.__all__) == {
         "CLASSES",
+        "STUFF_CLASSES",
         "SyntheticDataset",
         "SyntheticSplit",
+        "dataset_name",
+        "split_files",
         "ensure",
         "generate",
     }

@@ -1,4 +1,4 @@
-"""Driver-side config checks: panoptic configs build but do not train (exit 2 before Ray)."""
+"""Driver-side config checks: a panoptic config needs panoptic data (exit 2 before Ray)."""
 
 from __future__ import annotations
 
@@ -27,20 +27,25 @@ def test_config_value_follows_the_base_chain_and_opts() -> None:
     assert config_value(REPO / "configs/condinst/MS_R_50_1x.yaml", PANOPTIC_KEY) is None
 
 
-def test_check_trainable_refuses_panoptic_configs_only() -> None:
-    with pytest.raises(InputError, match="panoptic training is not supported yet"):
-        check_trainable(PANOPTIC)
-    check_trainable(PANOPTIC, [PANOPTIC_KEY, False])
-    check_trainable(REPO / "configs/blendmask/R_50_3x.yaml")
+def test_check_trainable_refuses_panoptic_configs_on_instance_data_only() -> None:
+    with pytest.raises(InputError, match="has no panoptic annotations; give "
+                       "data.train.panoptic_json and data.train.panoptic_root"):
+        check_trainable(PANOPTIC, panoptic_data=False)
+    assert check_trainable(PANOPTIC, panoptic_data=True) is None
+    assert check_trainable(PANOPTIC, [PANOPTIC_KEY, False], panoptic_data=False) is None
+    assert check_trainable(REPO / "configs/blendmask/R_50_3x.yaml", panoptic_data=False) is None
+    note = check_trainable(REPO / "configs/blendmask/R_50_3x.yaml", panoptic_data=True)
+    assert note is not None and "thing instances only" in note
 
 
-def test_submitting_a_panoptic_config_exits_2(workdir: Path) -> None:
+def test_submitting_a_panoptic_config_on_instance_data_exits_2(workdir: Path) -> None:
     job = write_spec(workdir / "job.yaml", TINY_JOB.replace("arch: mask_rcnn", "arch: blendmask")
                      .replace("configs/mask_rcnn/mask_rcnn_R_18_FPN_demo.yaml",
                               "configs/blendmask/Panoptic/R_50_1x.yaml"))
     result = CliRunner().invoke(app, ["submit", str(job), "--dry-run"])
     assert result.exit_code == 2, result.output
-    assert "panoptic training is not supported yet" in " ".join(result.output.split())
+    assert "is a panoptic config" in " ".join(result.output.split())
+    assert "data.synthetic.stuff_classes > 0" in " ".join(result.output.split())
     assert not (workdir / "mlflow.db").exists()
 
 
