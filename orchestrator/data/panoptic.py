@@ -16,6 +16,7 @@ Pure numpy + Pillow: it runs on the driver during pre-flight, before any worker 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import tempfile
@@ -286,7 +287,25 @@ class PanopticIndex:
 
 def panoptic_index(json_file: Path) -> PanopticIndex:
     """Categories and ``image_id -> file_name``, the annotations streamed one at a time
-    (``coco_stream``): COCO train's segments would otherwise all be in memory at once."""
+    (``coco_stream``): COCO train's segments would otherwise all be in memory at once.
+
+    Resolving, checking and deriving each need it: it is read once per version of the file
+    (its size and modification time) in a process.
+    """
+    try:
+        stat = Path(json_file).stat()
+    except OSError as error:
+        raise InputError(f"{json_file}: cannot read the panoptic json ({error})") from error
+    return _cached_index(str(json_file), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_index(json_file: str, size: int, mtime_ns: int) -> PanopticIndex:
+    """``panoptic_index`` of one version of the file (size and mtime are the cache key)."""
+    return _read_index(Path(json_file))
+
+
+def _read_index(json_file: Path) -> PanopticIndex:
     from orchestrator.data.coco_stream import stream_coco
 
     names: dict[Any, str] = {}
@@ -298,7 +317,10 @@ def panoptic_index(json_file: Path) -> PanopticIndex:
         names = {a["image_id"]: a["file_name"] for a in top["annotations"]}
     if not isinstance(top.get("categories"), list):
         _load(json_file)  # raises its InputError
-    semantic_ids(top["categories"])  # isthing must be 0/1 before anyone relies on it
+    try:  # isthing must be 0/1 before anyone relies on it
+        semantic_ids(top["categories"])
+    except InputError as error:
+        raise InputError(f"{json_file}: {error}") from None
     return PanopticIndex(categories=list(top["categories"]), file_names=names)
 
 

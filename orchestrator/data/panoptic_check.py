@@ -140,13 +140,18 @@ def _writable(folder: Path) -> bool:
         return False
 
 
+def _complete(ds: ResolvedDataset, folder: Path) -> bool:
+    """Is every image's stuff map in ``folder``?"""
+    names = panoptic_index(Path(str(ds.panoptic_json))).file_names.values()
+    return all((folder / name).is_file() for name in names)
+
+
 def stuff_maps_root(ds: ResolvedDataset, cache_root: Path) -> Path:
     """Where the stuff maps are (or will be derived): ``sem_seg_root`` when every map is
     there or it can be written, else a folder of the data cache named after the dataset."""
     assert ds.panoptic_json is not None and ds.sem_seg_root is not None
     wanted = Path(ds.sem_seg_root)
-    names = panoptic_index(Path(ds.panoptic_json)).file_names.values()
-    if all((wanted / n).is_file() for n in names) or _writable(wanted):
+    if _writable(wanted) or _complete(ds, wanted):
         return wanted
     ident = hashlib.sha256(f"{ds.panoptic_json}\0{ds.panoptic_root}".encode()).hexdigest()
     return cache_root / "stuff-maps" / ident[:16]
@@ -157,6 +162,9 @@ def derive_stuff_maps(ds: ResolvedDataset, cache_root: Path) -> tuple[ResolvedDa
     """Write the missing stuff maps; the dataset returned names where they are."""
     assert ds.panoptic_json is not None and ds.panoptic_root is not None
     root = stuff_maps_root(ds, cache_root)
+    if _complete(ds, root):  # the usual case: no need to load every segment of the json
+        done = len(panoptic_index(Path(ds.panoptic_json)).file_names)
+        return replace(ds, sem_seg_root=str(root)), DeriveResult(written=0, skipped=done)
     result = write_semantic_maps(Path(ds.panoptic_json), Path(ds.panoptic_root), root)
     return replace(ds, sem_seg_root=str(root)), result
 
