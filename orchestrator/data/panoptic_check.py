@@ -70,12 +70,20 @@ def agreement_problems(ds: ResolvedDataset) -> list[PanopticProblem]:
     for ident in sorted(set(index.file_names) - instance_ids, key=str)[:MAX_SHOWN]:
         problems.append(PanopticProblem(name, None, f"image_id {ident} is not in the images "
                                         f"of {ds.json_file}"))
-    things = {c["id"]: c["name"] for c in index.categories if c["isthing"]}
-    ours = {c["id"]: c["name"] for c in top["categories"]}
-    if ours != things:
-        problems.append(PanopticProblem(name, None, f"thing categories {things} differ from "
-                                        f"the categories {ours} of {ds.json_file}"))
-    return problems
+    return problems + _category_problems(name, index.categories, top["categories"],
+                                         ds.json_file)
+
+
+def _category_problems(name: str, panoptic: list[dict[str, Any]],
+                       instances: list[dict[str, Any]], json_file: str) -> list[PanopticProblem]:
+    """Thing categories (id -> name) of the panoptic json against the instances json's."""
+    things = {c["id"]: c["name"] for c in panoptic if c["isthing"]}
+    ours = {c["id"]: c["name"] for c in instances}
+    differ = sorted((i for i in things.keys() | ours.keys() if things.get(i) != ours.get(i)),
+                    key=str)
+    return [PanopticProblem(name, None, f"thing category {i} is {things.get(i)!r} here but "
+                            f"{ours.get(i)!r} in {json_file} (None: missing)")
+            for i in differ[:MAX_SHOWN]]
 
 
 def panoptic_problems(ds: ResolvedDataset) -> list[PanopticProblem]:

@@ -193,8 +193,12 @@ def check_panoptic_training(ctx: Context) -> None:
     from orchestrator.models.preflight import check_trainable
 
     prepared = ctx.prepared
-    note = check_trainable(prepared.config_file, list(prepared.spec.model.opts),
-                           panoptic_data=prepared.data.train.panoptic)
+    opts = list(prepared.spec.model.opts)
+    note = check_trainable(prepared.config_file, opts, panoptic_data=prepared.data.train.panoptic)
+    test = prepared.data.test
+    if note is None and test is not None and prepared.data.train.panoptic and not test.panoptic:
+        note = ("data.test has no panoptic annotations: evaluation reports box and mask AP "
+                "only, no PQ")
     if note:
         ctx.notes.append(note)
 

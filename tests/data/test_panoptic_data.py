@@ -232,3 +232,28 @@ def test_a_name_registered_with_other_files_is_an_error(tmp_path: Path,
     register_dataset(data.train)
     with pytest.raises(ValueError, match="is registered with other files"):
         register_dataset(replace(data.train, sem_seg_root=str(tmp_path / "elsewhere")))
+
+
+def test_detectron2_mapper_reads_the_registered_stuff_maps(tmp_path: Path,
+                                                          catalogs: list[str]) -> None:
+    """detectron2's own DatasetMapper turns a registered record into a ``sem_seg`` target:
+    uint8 values 0 (things), 1..S and nothing else, at the image's size."""
+    import torch
+    from detectron2.config import get_cfg
+    from detectron2.data import DatasetCatalog, DatasetMapper
+
+    from orchestrator.data.register import register_datasets
+
+    spec = _job({"synthetic": {"num_images": 5, "size": 32, "seed": 0, "stuff_classes": 2}})
+    data = resolve_data(spec, cache_root=tmp_path / "cache", base=tmp_path)
+    catalogs.append(data.train.name)
+    register_datasets(ResolvedData(train=data.train, test=None, usable_images=None,
+                                   class_names=data.class_names))
+    cfg = get_cfg()
+    cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN = (32,), 32
+    cfg.INPUT.RANDOM_FLIP = "none"
+    record = DatasetMapper(cfg, is_train=True)(DatasetCatalog.get(data.train.name)[0])
+    sem = record["sem_seg"]
+    assert sem.dtype == torch.long and sem.shape == (32, 32)
+    assert set(sem.unique().tolist()) <= {0, 1, 2} and (sem == 0).any()
+    assert len(record["instances"]) > 0

@@ -94,7 +94,7 @@ CASES: dict[str, tuple[Callable[[Path], None], str]] = {
     "isthing not 0/1": (lambda ds: edit_json(ds, _bad_isthing),
                         "{pan}: category 102 (grass): isthing must be 0 or 1, got 2"),
     "thing categories disagree": (lambda ds: edit_json(ds, _renamed_thing),
-                                  "thing categories {{1: 'disc'"),
+                                  "{pan}: thing category 1 is 'disc' here but 'circle' in {json}"),
 }
 
 
@@ -199,3 +199,22 @@ def test_panoptic_jobs_validate_and_dry_run(workdir: Path) -> None:
         assert result.exit_code == 0, result.output
         for text in [*expected, "nothing started"]:
             assert text in result.output, text
+
+
+def test_instance_only_test_set_of_a_panoptic_run_is_a_note(workdir: Path) -> None:
+    from rich.console import Console
+
+    from orchestrator.launch.preflight import run_checks
+    from orchestrator.launch.prepared import prepare
+    from orchestrator.spec import load_spec
+
+    ds = dataset(workdir)
+    text = TINY_JOB.replace("arch: mask_rcnn", "arch: blendmask").replace(
+        str(REPO / "configs/mask_rcnn/mask_rcnn_R_18_FPN_demo.yaml"), str(PANOPTIC_DEMO))
+    job = write_spec(workdir / "tiny.yaml", text)
+    test = (f"data.test={{json_file: {ds / 'annotations/instances_val.json'}, "
+            f"image_root: {ds / 'val'}}}")
+    console = Console(record=True, width=200)
+    run_checks(prepare(load_spec(job, [*train_files(ds), test])), "plan", console=console)
+    assert "data.test has no panoptic annotations: evaluation reports box and mask AP only" \
+        in console.export_text()
