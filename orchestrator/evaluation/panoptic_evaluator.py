@@ -184,15 +184,17 @@ class PanopticEvaluator(DatasetEvaluator):
                              "panoptic_json")
         self._distributed = distributed
         self._output_dir = Path(output_dir) if output_dir else None
-        self._things = _reverse(self._meta.get("thing_dataset_id_to_contiguous_id") or {})
-        self._stuff = _reverse(self._meta.get("stuff_dataset_id_to_contiguous_id") or {})
-        self._stuff.pop(0, None)  # 0 is "things" in the semantic map, never a stuff segment
-        self._ignore = int(self._meta.get("ignore_label", IGNORE_LABEL))
         self._ground_truth: dict[str, Any] | None = None  # the panoptic json, read once
         self._by_image: dict[int, dict[str, Any]] = {}
         self.reset()
 
     def reset(self) -> None:
+        # Read here, not in __init__: loading a dataset (the test loader, built before the
+        # evaluation starts) is what fills some of its metadata in detectron2.
+        self._things = _reverse(self._meta.get("thing_dataset_id_to_contiguous_id") or {})
+        self._stuff = _reverse(self._meta.get("stuff_dataset_id_to_contiguous_id") or {})
+        self._stuff.pop(0, None)  # 0 is "things" in the semantic map, never a stuff segment
+        self._ignore = int(self._meta.get("ignore_label", IGNORE_LABEL))
         self._state = self._empty_state()
 
     def _empty_state(self) -> _State:
