@@ -16,10 +16,14 @@ Mask convention for a model's output ``Instances`` (already at the original imag
 The evaluator never holds more than one chunk of full-resolution masks and keeps RLEs only;
 it scores them with ``scoring`` (faster-coco-eval, pycocotools' numbers) and reports its
 progress to an ``EvalProgress``.
+
+Panoptic datasets add ``PanopticEvaluator`` (PQ/SQ/RQ and the semantic head's mIoU, counted
+image by image; ``panoptic_evaluator``).
 """
 
 from orchestrator.evaluation.evaluator import ChunkedCOCOEvaluator, instances_to_coco_records
 from orchestrator.evaluation.oom import OOMGuard
+from orchestrator.evaluation.panoptic_evaluator import PanopticEvaluator, is_panoptic
 from orchestrator.evaluation.postprocess import (
     DEFAULT_CHUNK_BYTES,
     aligned_bilinear,
@@ -39,6 +43,7 @@ __all__ = [
     "EvalProgress",
     "GlobalMasks",
     "OOMGuard",
+    "PanopticEvaluator",
     "aligned_bilinear",
     "chunk_size",
     "collect_bitmasks",
@@ -46,5 +51,6 @@ __all__ = [
     "encode_rles",
     "global_mask_chunks",
     "instances_to_coco_records",
+    "is_panoptic",
     "roi_mask_chunks",
 ]

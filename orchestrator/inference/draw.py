@@ -1,7 +1,8 @@
 """Draw COCO result records on an image with detectron2's ``Visualizer``.
 
 Records (RLE masks, XYWH boxes) are the one format both ``predict`` and the training hook
-produce, so drawing from them shows exactly what is exported.
+produce, so drawing from them shows exactly what is exported. A panoptic model's stuff
+regions are drawn underneath (``orchestrator.inference.panoptic``).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from typing import Any
 import numpy as np
 import pycocotools.mask as mask_util
 from detectron2.utils.visualizer import ColorMode, Visualizer
+
+from orchestrator.inference.panoptic import PanopticOutput, draw_stuff
 
 __all__ = ["draw_records", "label_for"]
 
@@ -29,11 +32,16 @@ def _boxes_xyxy(records: Sequence[dict[str, Any]]) -> np.ndarray:
 
 
 def draw_records(rgb: np.ndarray, records: Sequence[dict[str, Any]],
-                 class_names: Sequence[str], *, min_score: float = 0.0) -> np.ndarray:
+                 class_names: Sequence[str], *, min_score: float = 0.0,
+                 panoptic: PanopticOutput | None = None,
+                 stuff_names: Sequence[str] = ()) -> np.ndarray:
     """``rgb`` (``H x W x 3`` uint8) with the masks, boxes, class names and scores of the
-    records scoring at least ``min_score`` drawn on it; same size as the input."""
+    records scoring at least ``min_score`` drawn on it; same size as the input. The stuff
+    regions of ``panoptic`` (named from ``stuff_names``) go underneath."""
     shown = sorted((r for r in records if r["score"] >= min_score), key=lambda r: -r["score"])
     visualizer = Visualizer(rgb, metadata=None, scale=1.0, instance_mode=ColorMode.IMAGE)
+    if panoptic is not None:
+        draw_stuff(visualizer, panoptic, stuff_names)
     if not shown:
         return np.array(visualizer.output.get_image())
     masks = [mask_util.decode(r["segmentation"]).astype(bool) for r in shown

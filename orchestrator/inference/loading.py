@@ -1,10 +1,10 @@
 """An MLflow run -> its detectron2 cfg, model (final checkpoint) and class names.
 
 Everything comes from the run's artifacts (``config.yaml``, ``checkpoints/model_final.pth``,
-``classes.json``), its ``model`` tag and, for earlier checkpoints, the Ray Train checkpoints in
-its ``run.storage_path`` (a folder, or object storage read through pyarrow as Ray wrote it),
-so a run can be used from any machine that reaches the tracking store, without the job spec or
-the dataset.
+``classes.json``, and ``stuff_classes.json`` for panoptic runs), its ``model`` tag and, for
+earlier checkpoints, the Ray Train checkpoints in its ``run.storage_path`` (a folder, or
+object storage read through pyarrow as Ray wrote it), so a run can be used from any machine
+that reaches the tracking store, without the job spec or the dataset.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ class LoadedRun:
     cfg: CfgNode
     model: torch.nn.Module
     class_names: tuple[str, ...]
+    stuff_names: tuple[str, ...] = ()  # panoptic runs: stuff labels 1..S; () elsewhere
 
 
 @contextmanager
@@ -72,13 +73,15 @@ def _download(client: Any, run: Any, artifact: str, into: Path, *, hint: str) ->
                          f"'{artifact}': {hint} ({type(exc).__name__})") from None
 
 
-def _class_names(client: Any, run: Any, into: Path) -> tuple[str, ...]:
-    """The recorded class names, or () for runs logged before they were recorded."""
+def _class_names(client: Any, run: Any, into: Path,
+                 artifact: str = CLASSES_ARTIFACT) -> tuple[str, ...]:
+    """The recorded class names (``artifact``: thing or stuff classes), or () for runs that
+    did not record them (logged before, or without stuff)."""
     from mlflow.exceptions import MlflowException
 
     try:
         with _quiet_downloads():
-            path = client.download_artifacts(run.info.run_id, CLASSES_ARTIFACT, str(into))
+            path = client.download_artifacts(run.info.run_id, artifact, str(into))
         names = json.loads(Path(path).read_text(encoding="utf-8"))
     except (MlflowException, OSError, ValueError):
         return ()
@@ -221,6 +224,7 @@ def load_run(ref: str, *, tracking_uri: str, score: float = 0.5, device: str = "
         model = build_model(cfg)
         DetectionCheckpointer(model).load(str(weights))
         names = _class_names(client, run, Path(tmp))
+        stuff = _class_names(client, run, Path(tmp), STUFF_CLASSES_ARTIFACT)
     model.eval()
     return LoadedRun(run_id=run.info.run_id, run_name=run.info.run_name or run.info.run_id,
-                     cfg=cfg, model=model, class_names=names)
+                     cfg=cfg, model=model, class_names=names, stuff_names=stuff)

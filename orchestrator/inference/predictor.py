@@ -19,7 +19,7 @@ from PIL import UnidentifiedImageError
 
 from orchestrator.evaluation import DEFAULT_CHUNK_BYTES, instances_to_coco_records
 
-__all__ = ["read_rgb", "predict_records"]
+__all__ = ["read_rgb", "predict_records", "predict_output", "output_records"]
 
 
 def read_rgb(path: str | Path) -> np.ndarray:
@@ -45,12 +45,25 @@ def _model_input(cfg: CfgNode, rgb: np.ndarray) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def predict_records(model: torch.nn.Module, cfg: CfgNode, rgb: np.ndarray, *,
-                    image_id: int = 0) -> list[dict[str, Any]]:
+def predict_output(model: torch.nn.Module, cfg: CfgNode, rgb: np.ndarray) -> dict[str, Any]:
+    """The model's output dict for one RGB image (``instances``, and ``panoptic_seg`` for a
+    model that combines). ``model`` must already be in eval mode."""
+    output: dict[str, Any] = model([_model_input(cfg, rgb)])[0]
+    return output
+
+
+def output_records(output: dict[str, Any], cfg: CfgNode, *,
+                   image_id: int = 0) -> list[dict[str, Any]]:
     """COCO result records (XYWH ``bbox``, ``score``, ``category_id`` = class index, RLE
-    ``segmentation``) of one RGB image. ``model`` must already be in eval mode."""
-    instances = model([_model_input(cfg, rgb)])[0]["instances"]
+    ``segmentation``) of an output's ``instances``."""
     ours = cfg.get("ORCHESTRATOR", {})
     records: list[dict[str, Any]] = instances_to_coco_records(
-        instances, image_id, chunk_bytes=ours.get("EVAL_CHUNK_BYTES", DEFAULT_CHUNK_BYTES))
+        output["instances"], image_id,
+        chunk_bytes=ours.get("EVAL_CHUNK_BYTES", DEFAULT_CHUNK_BYTES))
     return records
+
+
+def predict_records(model: torch.nn.Module, cfg: CfgNode, rgb: np.ndarray, *,
+                    image_id: int = 0) -> list[dict[str, Any]]:
+    """The records (``output_records``) of one RGB image. ``model`` must be in eval mode."""
+    return output_records(predict_output(model, cfg, rgb), cfg, image_id=image_id)

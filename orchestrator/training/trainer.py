@@ -5,7 +5,9 @@ Overrides only detectron2's documented extension points (``build_evaluator``,
 a periodic or the final evaluation is logged and reported, and training goes on without those
 metrics (the checkpoints are unaffected). Each evaluation reports its progress (images done,
 ETA, scoring) to ``on_eval_progress`` and logs what it cost as ``eval/seconds`` (all of it)
-and ``eval/scoring_seconds`` (rank 0's scoring).
+and ``eval/scoring_seconds`` (rank 0's scoring). Results reach MLflow through detectron2's
+``EvalHook`` (``task/metric``: ``bbox/AP``, ``segm/AP``, and on panoptic datasets
+``panoptic_seg/PQ``... and ``sem_seg/mIoU``) and the ``MLflowWriter``.
 """
 
 from __future__ import annotations
@@ -21,10 +23,17 @@ from typing import Any
 from detectron2.config import CfgNode
 from detectron2.data import build_detection_train_loader
 from detectron2.engine import DefaultTrainer, hooks
+from detectron2.evaluation import DatasetEvaluator, DatasetEvaluators
 from detectron2.utils.events import CommonMetricPrinter, EventWriter, JSONWriter
 
 from orchestrator.data.cache import cached_train_dataset
-from orchestrator.evaluation import DEFAULT_CHUNK_BYTES, ChunkedCOCOEvaluator
+from orchestrator.evaluation import (
+    DEFAULT_CHUNK_BYTES,
+    ChunkedCOCOEvaluator,
+    EvalProgress,
+    PanopticEvaluator,
+    is_panoptic,
+)
 from orchestrator.evaluation.progress import ProgressReport
 from orchestrator.models.arch import arch_for_cfg
 from orchestrator.training.dist import ddp_for_device
@@ -49,6 +58,21 @@ def mlflow_eval_error_recorder(tracking_uri: str, run_id: str) -> EvalErrorCallb
         client.log_text(run_id, text, "evaluation_error.txt")
 
     return record
+
+
+def _combines(cfg: CfgNode) -> bool:
+    """Whether the model returns ``panoptic_seg`` (contract section 3)."""
+    combine = cfg.MODEL.get("PANOPTIC_FPN", {}).get("COMBINE", {})
+    return bool(combine.get("ENABLED", False))
+
+
+class _EvaluatorsWithProgress(DatasetEvaluators):
+    """detectron2's ``DatasetEvaluators`` (results of all members in one dict), showing the
+    progress of its COCO member: ``_evaluate`` forwards that to the driver."""
+
+    def __init__(self, coco: ChunkedCOCOEvaluator, *others: DatasetEvaluator) -> None:
+        super().__init__([coco, *others])
+        self.progress = coco.progress
 
 
 class Trainer(DefaultTrainer):
@@ -91,15 +115,22 @@ class Trainer(DefaultTrainer):
             self._trainer.load_state_dict(state_dict["_trainer"])
 
     @classmethod
-    def build_evaluator(cls, cfg: CfgNode, dataset_name: str) -> ChunkedCOCOEvaluator:
+    def build_evaluator(cls, cfg: CfgNode, dataset_name: str) -> DatasetEvaluator:
+        """COCO box/mask AP; for a panoptic dataset of a model that combines its outputs
+        (``MODEL.PANOPTIC_FPN.COMBINE.ENABLED``) also PQ and mIoU (``PanopticEvaluator``)."""
         # pycocotools, not the C++ fast evaluator (it needs detectron2._C): same numbers.
         output = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
         ours = cfg.get("ORCHESTRATOR", {})  # absent from cfgs not made by build_cfg
-        return ChunkedCOCOEvaluator(
+        coco = ChunkedCOCOEvaluator(
             dataset_name, output_dir=output,
             chunk_bytes=ours.get("EVAL_CHUNK_BYTES", DEFAULT_CHUNK_BYTES),
             cpu_fallback=ours.get("EVAL_CPU_FALLBACK", True),
         )
+        if not (is_panoptic(dataset_name) and _combines(cfg)):
+            return coco
+        # No output_dir: a PNG per image at every periodic evaluation costs time and disk,
+        # and nothing reads them (predict exports panoptic results on demand).
+        return _EvaluatorsWithProgress(coco, PanopticEvaluator(dataset_name))
 
     @classmethod
     def build_train_loader(cls, cfg: CfgNode) -> Any:
@@ -139,7 +170,8 @@ class Trainer(DefaultTrainer):
         """
         start = time.perf_counter()
         evaluators = [self.build_evaluator(self.cfg, name) for name in self.cfg.DATASETS.TEST]
-        progress = [e.progress for e in evaluators if isinstance(e, ChunkedCOCOEvaluator)]
+        progress = [e.progress for e in evaluators
+                    if isinstance(getattr(e, "progress", None), EvalProgress)]
         for tracker in progress:
             tracker.report = self._on_eval_progress
         self._last_eval_results = self.test(self.cfg, self.model, evaluators)
