@@ -238,6 +238,8 @@ def _sources_of(names: Sequence[str]) -> list[CacheSource] | None:
     sources = []
     for name in names:
         meta = MetadataCatalog.get(name)
+        if meta.get("panoptic_json"):  # the cache does not carry sem_seg_file_name
+            return None
         json_file, image_root = meta.get("json_file"), meta.get("image_root")
         if not json_file or not image_root or not os.path.isfile(json_file):
             return None
@@ -263,8 +265,8 @@ def _set_metadata(names: Sequence[str], meta: dict[str, Any]) -> None:
 
 def cached_train_dataset(cfg: Any) -> SerializedDataset | None:
     """The training set of ``cfg`` from the node's cache, or None where detectron2's own
-    loading must run (caching off, non-COCO datasets, proposals, keypoints, repeat-factor
-    sampling: things the cache does not carry)."""
+    loading must run (caching off, non-COCO datasets, panoptic datasets, proposals,
+    keypoints, repeat-factor sampling: things the cache does not carry)."""
     if cache_root() is None:
         return None
     if (cfg.MODEL.LOAD_PROPOSALS or cfg.MODEL.KEYPOINT_ON or cfg.DATALOADER.SAMPLER_TRAIN

@@ -257,3 +257,27 @@ def test_detectron2_mapper_reads_the_registered_stuff_maps(tmp_path: Path,
     assert sem.dtype == torch.long and sem.shape == (32, 32)
     assert set(sem.unique().tolist()) <= {0, 1, 2} and (sem == 0).any()
     assert len(record["instances"]) > 0
+
+
+def test_the_node_cache_leaves_panoptic_sets_to_detectron2(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, catalogs: list[str]) -> None:
+    """The node's dataset cache stores instance dicts only: a panoptic train set must load
+    through the catalog, or its records would lose ``sem_seg_file_name``."""
+    from detectron2.config import get_cfg
+    from detectron2.data import get_detection_dataset_dicts
+
+    from orchestrator.data.cache import cached_train_dataset
+    from orchestrator.data.register import register_datasets
+
+    monkeypatch.setenv("ORCHESTRATOR_DATA_CACHE", str(tmp_path / "node-cache"))
+    spec = _job({"synthetic": {"num_images": 5, "size": 32, "seed": 0, "stuff_classes": 2}})
+    data = resolve_data(spec, cache_root=tmp_path / "cache", base=tmp_path)
+    catalogs.append(data.train.name)
+    register_datasets(ResolvedData(train=data.train, test=None, usable_images=None,
+                                   class_names=data.class_names))
+    cfg = get_cfg()
+    cfg.DATASETS.TRAIN = (data.train.name,)
+    assert cached_train_dataset(cfg) is None
+    assert not (tmp_path / "node-cache").exists()
+    dicts = get_detection_dataset_dicts(cfg.DATASETS.TRAIN)
+    assert dicts and all(Path(d["sem_seg_file_name"]).is_file() for d in dicts)
