@@ -600,6 +600,9 @@ def predict(
                           highlight=False)
     console.print(f"{len(result.written)} PNG(s) and {result.json_path} "
                   f"({result.num_predictions} predictions) in {out}", highlight=False)
+    if result.panoptic_json is not None:
+        console.print(f"panoptic segments (COCO panoptic format): {result.panoptic_json}",
+                      highlight=False)
 
 
 cluster_app = typer.Typer(help="A local multi-node Ray cluster on 127.0.0.1, to rehearse the "
