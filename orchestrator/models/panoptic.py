@@ -2,18 +2,18 @@
 
 Why it exists: detectron2's PanopticFPN resizes the semantic head's logits to the output image
 (``sem_seg_postprocess``: C x H x W floats, 2.7 GB for 54 classes at 3648 x 2736) only to take
-their argmax. ``semantic_labels`` computes the same argmax a band of output rows at a time under
-a byte budget, keeping only the uint8 label map. ``combine_panoptic`` then merges instances and
-stuff with detectron2's rule (``combine_semantic_and_instance_outputs``) using a few H x W maps
-(int32 ids, bool free pixels, one or two bool temporaries): detectron2's own version also sorts
-the label map (``torch.unique``, ~15 bytes a pixel) and sums bool masks as int64 (8 bytes).
+their argmax. ``semantic_labels`` computes the same argmax a chunk of classes at a time under a
+byte budget, keeping the uint8 label map and a running maximum. ``combine_panoptic`` then
+merges instances and stuff with detectron2's rule (``combine_semantic_and_instance_outputs``) in
+a few H x W maps (int32 ids, bool free pixels, one or two bool temporaries): detectron2's own
+version also sorts the label map (``torch.unique``, ~15 bytes a pixel) and sums bool masks as
+int64 (8 bytes a pixel).
 
 Bit-identical labels: the classes are resized a chunk at a time by ``F.interpolate`` itself
-(bilinear works on each class plane alone, so a plane's values do not depend on the others), and
-a running maximum keeps the first class reaching it, as ``argmax`` does. Bands of output rows
-would keep less (no full-size running maximum), but PyTorch's CPU kernel does not compute a row
-band's values as it computes them in the whole image (its blend is not reproducible from torch
-ops: measured), so labels could differ at near ties.
+(bilinear works on each class plane alone), and a running maximum keeps the first class reaching
+it, as ``argmax`` does. Bands of output rows would keep less (no full-size running maximum), but
+a band resized apart gets other float rounding than the same rows of the whole image (PyTorch's
+kernel fuses its row blend differently by path: measured), so labels would differ at near ties.
 """
 
 from __future__ import annotations
@@ -33,10 +33,25 @@ __all__ = ["PanopticCombine", "semantic_labels", "combine_panoptic"]
 
 Size = tuple[int, int]
 
+# Output planes at least this large resize alike in any chunk of classes (16 x 1 Mpx planes are
+# 64 MiB: the budget is never overrun by much below it).
+_SMALL_PLANE = 2**20
+
 
 def _class_chunk(logits: Tensor, output_size: Size) -> Tensor:
     """Resized logits of some classes: ``sem_seg_postprocess``'s own interpolate."""
     return F.interpolate(logits[None], size=output_size, mode="bilinear", align_corners=False)[0]
+
+
+def _classes_per_chunk(num_classes: int, size: Size, itemsize: int, chunk_bytes: int) -> int:
+    """Classes resized together: as many as ``chunk_bytes`` holds, and on planes under
+    ``_SMALL_PLANE`` pixels a multiple of 8 (PyTorch's CPU kernel computes small planes of
+    classes outside 8-aligned groups differently, by an ulp: measured)."""
+    pixels = size[0] * size[1]
+    per_chunk = chunk_size(chunk_bytes, pixels * itemsize)
+    if pixels < _SMALL_PLANE:
+        return max(8, per_chunk // 8 * 8)
+    return min(per_chunk, num_classes)
 
 
 def semantic_labels(logits: Tensor, input_size: Size, output_size: Size, *,
@@ -45,7 +60,7 @@ def semantic_labels(logits: Tensor, input_size: Size, output_size: Size, *,
     classes whose resized float planes fit ``chunk_bytes``.
 
     Besides the chunk, it holds the labels (1 byte a pixel), the running maximum (4) and one
-    bool comparison (1).
+    bool comparison (1). A chunk has at least one class (8 on small planes).
 
     Args:
         logits: ``(C, Hp, Wp)`` semantic logits over the padded input (the head's output).
@@ -60,12 +75,9 @@ def semantic_labels(logits: Tensor, input_size: Size, output_size: Size, *,
     size = (int(output_size[0]), int(output_size[1]))
     labels = torch.zeros(size, dtype=torch.uint8, device=logits.device)
     best = torch.full(size, float("-inf"), dtype=logits.dtype, device=logits.device)
-    # At least 2 classes a chunk: a single plane of shape (1, 1, h, w) may take PyTorch's
-    # channels-last kernel, whose values differ from the (1, C, h, w) ones.
-    per_chunk = max(2, chunk_size(chunk_bytes, size[0] * size[1] * logits.element_size()))
-    for stop in range(min(per_chunk, num_classes), num_classes + per_chunk, per_chunk):
-        first = max(0, min(stop, num_classes) - per_chunk)
-        planes = _class_chunk(cropped[first : min(stop, num_classes)], size)
+    per_chunk = _classes_per_chunk(num_classes, size, logits.element_size(), chunk_bytes)
+    for first in range(0, num_classes, per_chunk):
+        planes = _class_chunk(cropped[first : first + per_chunk], size)
         for offset, plane in enumerate(planes):
             better = plane > best  # strict: ties keep the earlier class, as argmax does
             labels.masked_fill_(better, first + offset)

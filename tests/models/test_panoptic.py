@@ -197,18 +197,36 @@ def test_inference_returns_panoptic_seg_and_labels(model: nn.Module,
             assert (labels[ids == s["id"]] == s["category_id"]).all()
 
 
-@pytest.mark.parametrize("seed", range(8))
-def test_semantic_labels_equal_the_argmax_of_sem_seg_postprocess(seed: int) -> None:
-    g = torch.Generator().manual_seed(seed)
-    classes = int(torch.randint(2, 12, (1,), generator=g))
-    padded = [int(v) for v in torch.randint(16, 48, (2,), generator=g)]
-    size = (int(torch.randint(8, padded[0] + 1, (1,), generator=g)), padded[1] - 3)
-    out = [int(v) for v in torch.randint(5, 160, (2,), generator=g)]
-    logits = torch.randn(classes, *padded, generator=g)
+def assert_labels_equal(logits: torch.Tensor, size: tuple[int, int], out: tuple[int, int],
+                        budgets: tuple[int, ...]) -> None:
     expected = sem_seg_postprocess(logits, size, *out).argmax(dim=0)
-    for chunk_bytes in (1, out[0] * out[1] * 4 * 3, 2**30):  # 2, 3 and all classes a chunk
+    for chunk_bytes in budgets:
         labels = semantic_labels(logits, size, out, chunk_bytes=chunk_bytes)
         assert labels.dtype == torch.uint8 and torch.equal(labels.long(), expected)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_semantic_labels_equal_the_argmax_of_sem_seg_postprocess(seed: int) -> None:
+    """Small planes, 2 to 40 classes, budgets of one class up to all; even seeds have
+    integer logits, so exact ties between classes are common."""
+    g = torch.Generator().manual_seed(seed)
+    classes = int(torch.randint(2, 41, (1,), generator=g))
+    padded = [int(v) for v in torch.randint(4, 48, (2,), generator=g)]
+    size = (int(torch.randint(1, padded[0] + 1, (1,), generator=g)),
+            int(torch.randint(1, padded[1] + 1, (1,), generator=g)))
+    out = (int(torch.randint(1, 160, (1,), generator=g)), int(torch.randint(1, 160, (1,),
+                                                                             generator=g)))
+    logits = torch.randn(classes, *padded, generator=g)
+    if seed % 2 == 0:
+        logits = (2 * logits).round()
+    assert_labels_equal(logits, size, out, (1, out[0] * out[1] * 4 * 9, 2**30))
+
+
+def test_semantic_labels_on_a_large_plane_one_class_at_a_time() -> None:
+    """Over 1 Mpx a chunk may hold a single class (the budget rules)."""
+    g = torch.Generator().manual_seed(0)
+    logits = (2 * torch.randn(6, 64, 48, generator=g)).round()
+    assert_labels_equal(logits, (60, 45), (1100, 1000), (1, 1100 * 1000 * 4 * 4))
 
 
 def test_semantic_labels_break_ties_to_the_first_class() -> None:
