@@ -16,6 +16,7 @@ from detectron2.structures import Instances
 from PIL import Image
 from torch import nn
 
+from orchestrator.models.blendmask import BlendMask
 from orchestrator.models.mapper import DatasetMapperWithBasis
 from orchestrator.models.panoptic import PanopticCombine, combine_panoptic, semantic_labels
 from tests.models.helpers import DEMO_CONFIGS, make_cfg
@@ -113,7 +114,7 @@ def _batch(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [mapper(dict(r)) for r in records]
 
 
-def test_a_training_step_adds_loss_sem_seg(model: nn.Module,
+def test_a_training_step_adds_loss_sem_seg(model: BlendMask,
                                            records: list[dict[str, Any]]) -> None:
     model.train()
     losses = model(_batch(records))
@@ -122,12 +123,14 @@ def test_a_training_step_adds_loss_sem_seg(model: nn.Module,
     assert all(torch.isfinite(v) for v in losses.values())
     model.zero_grad()
     losses["loss_sem_seg"].backward()
-    head = model.panoptic_module.predictor.weight.grad
+    assert model.panoptic_module is not None
+    head = model.panoptic_module.get_parameter("predictor.weight").grad
     assert head is not None and head.abs().sum() > 0
-    assert model.backbone.fpn_output2.weight.grad is not None  # the loss reaches the features
+    fpn = model.backbone.get_parameter("fpn_output2.weight").grad
+    assert fpn is not None  # the loss reaches the features
 
 
-def test_loss_sem_seg_falls_on_one_batch(model: nn.Module,
+def test_loss_sem_seg_falls_on_one_batch(model: BlendMask,
                                          records: list[dict[str, Any]]) -> None:
     """30 steps of the semantic head on fixed features of two real images and stuff PNGs (the
     whole model takes minutes on a shared CPU: that run is the slow test below)."""
@@ -135,6 +138,7 @@ def test_loss_sem_seg_falls_on_one_batch(model: nn.Module,
     model.train()
     with torch.no_grad():
         features = model.backbone(model.preprocess_image(batch).tensor)
+    assert model.panoptic_module is not None
     optimizer = torch.optim.SGD(model.panoptic_module.parameters(), lr=0.01, momentum=0.9)
     seen = []
     for _ in range(30):
@@ -165,7 +169,7 @@ def test_the_whole_model_learns_the_stuff_maps(records: list[dict[str, Any]]) ->
     assert seen[-1] < 0.5 * seen[0], seen
 
 
-def test_training_without_sem_seg_is_an_error(model: nn.Module,
+def test_training_without_sem_seg_is_an_error(model: BlendMask,
                                               records: list[dict[str, Any]]) -> None:
     data = DatasetMapperWithBasis(panoptic_cfg())(dict(records[0]))
     del data["sem_seg"]
@@ -174,7 +178,7 @@ def test_training_without_sem_seg_is_an_error(model: nn.Module,
         model([data])
 
 
-def test_inference_returns_panoptic_seg_and_labels(model: nn.Module,
+def test_inference_returns_panoptic_seg_and_labels(model: BlendMask,
                                                    records: list[dict[str, Any]]) -> None:
     image = torch.as_tensor(np.array(Image.open(records[0]["file_name"])).transpose(2, 0, 1))
     model.eval()
