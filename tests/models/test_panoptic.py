@@ -106,7 +106,9 @@ def test_mapper_names_the_image_without_a_stuff_map(records: list[dict[str, Any]
 @pytest.fixture(scope="module")
 def model() -> nn.Module:
     torch.manual_seed(0)
-    return build_model(panoptic_cfg(**{"MODEL.FCOS.INFERENCE_TH_TEST": 0.0}))
+    return build_model(panoptic_cfg(**{  # untrained: keep every candidate and stuff region
+        "MODEL.FCOS.INFERENCE_TH_TEST": 0.0, "MODEL.PANOPTIC_FPN.COMBINE.STUFF_AREA_LIMIT": 0,
+        "MODEL.PANOPTIC_FPN.COMBINE.INSTANCES_CONFIDENCE_THRESH": 0.0}))
 
 
 def _batch(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -130,29 +132,9 @@ def test_a_training_step_adds_loss_sem_seg(model: BlendMask,
     assert fpn is not None  # the loss reaches the features
 
 
-def test_loss_sem_seg_falls_on_one_batch(model: BlendMask,
-                                         records: list[dict[str, Any]]) -> None:
-    """30 steps of the semantic head on fixed features of two real images and stuff PNGs (the
-    whole model takes minutes on a shared CPU: that run is the slow test below)."""
-    batch = _batch(records)
-    model.train()
-    with torch.no_grad():
-        features = model.backbone(model.preprocess_image(batch).tensor)
-    assert model.panoptic_module is not None
-    optimizer = torch.optim.SGD(model.panoptic_module.parameters(), lr=0.01, momentum=0.9)
-    seen = []
-    for _ in range(30):
-        loss = model._sem_seg_losses(batch, features)["loss_sem_seg"]
-        seen.append(loss.item())
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    assert seen[-1] < 0.5 * seen[0], seen
-
-
-@pytest.mark.slow
 def test_the_whole_model_learns_the_stuff_maps(records: list[dict[str, Any]]) -> None:
-    """30 full training steps (all losses) on one batch: loss_sem_seg falls (~3 min on CPU)."""
+    """30 training steps (all losses) on one batch of two real images and stuff PNGs:
+    loss_sem_seg falls (about 5 s on a quiet 2-core machine)."""
     torch.manual_seed(0)
     model = build_model(panoptic_cfg())
     batch = _batch(records)
@@ -191,6 +173,7 @@ def test_inference_returns_panoptic_seg_and_labels(model: BlendMask,
     assert labels.dtype == torch.uint8 and labels.shape == (96, 120)
     assert int(labels.max()) <= STUFF
     assert [s["id"] for s in segments] == list(range(1, len(segments) + 1))
+    assert {s["isthing"] for s in segments} == {True, False}
     assert set(ids.unique().tolist()) <= {0, *(s["id"] for s in segments)}
     for s in segments:
         assert s["area"] == int((ids == s["id"]).sum()) > 0
