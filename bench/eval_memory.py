@@ -18,7 +18,20 @@ the fastest of those calls (the machine may be shared: CPU time, all threads, is
 too). Masks are compared through the SHA-256
 of their RLEs (equal RLEs <=> equal binary masks).
 
-    .venv/bin/python bench/eval_memory.py [--case large|small|all] [--chunk-mib 256] [--repeat 3]
+The ``panoptic`` case: panoptic BlendMask's inference after the instance masks exist (100 bool
+masks at 3648x2736, already allocated, not counted) from 54-class semantic logits as the head
+returns them (stride-4 200x152 logits upsampled x4 to the 800x608 padded input):
+
+* pan-naive: detectron2's PanopticFPN path, ``sem_seg_postprocess`` to full size, ``argmax``,
+  ``combine_semantic_and_instance_outputs``;
+* pan-ours: ``orchestrator.models.panoptic`` (uint8 labels a chunk of classes at a time under the
+  chunk budget, then the bounded combine).
+
+The two panoptic outputs (ids and segments, less the things' ``area`` detectron2 lacks) are
+compared through their SHA-256.
+
+    .venv/bin/python bench/eval_memory.py [--case large|small|panoptic|all] [--chunk-mib 256]
+        [--repeat 3]
 """
 
 from __future__ import annotations
@@ -42,6 +55,11 @@ CASES: dict[str, tuple[int, int, tuple[int, int], tuple[int, int], tuple[int, in
     "small": (100, 4, (1344, 800), (1333, 800), (1333, 800)),
 }
 IMPLS = ("naive", "ours", "ours-bool")
+# instances, classes, head output (stride 4), un-padded input, output; sizes as (height, width)
+PANOPTIC = (100, 54, (200, 152), (800, 600), (3648, 2736))
+PAN_IMPLS = ("pan-naive", "pan-ours")
+# MODEL.PANOPTIC_FPN.COMBINE: OVERLAP_THRESH, STUFF_AREA_LIMIT, INSTANCES_CONFIDENCE_THRESH
+COMBINE = (0.5, 4096, 0.45)
 MIB = 2**20
 
 
@@ -176,6 +194,86 @@ def _run(impl: str, case: str, chunk_mib: int, repeat: int) -> dict[str, Any]:
     return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
 
 
+def _pan_inputs() -> tuple[Any, Any, tuple[int, int], tuple[int, int]]:
+    """(instances with bool full-size masks, (C, 800, 608) logits, input size, output size)."""
+    import torch
+    from detectron2.structures import Instances
+    from torch.nn import functional as F
+
+    from orchestrator.evaluation import collect_bitmasks, global_mask_chunks
+
+    n, classes, head, inp, out = PANOPTIC
+    g = torch.Generator().manual_seed(0)
+    coarse = torch.randn(1, classes, head[0] // 4, head[1] // 4, generator=g) * 4
+    logits = F.interpolate(coarse, size=head, mode="bilinear", align_corners=False)
+    logits = F.interpolate(logits, scale_factor=4, mode="bilinear", align_corners=False)[0]
+    inst = Instances(out)
+    inst.scores = torch.rand(n, generator=g)
+    inst.pred_classes = torch.randint(0, 80, (n,), generator=g)
+    chunks = global_mask_chunks(_blobs(n, head), stride=4, input_size=inp, output_size=out)
+    inst.pred_masks = collect_bitmasks(chunks, n, out)
+    return inst, logits.contiguous(), inp, out
+
+
+def _pan_naive(inst: Any, logits: Any, inp: tuple[int, int], out: tuple[int, int],
+               chunk_bytes: int) -> Any:
+    from detectron2.modeling.meta_arch.panoptic_fpn import combine_semantic_and_instance_outputs
+    from detectron2.modeling.postprocessing import sem_seg_postprocess
+
+    labels = sem_seg_postprocess(logits, inp, *out).argmax(dim=0)
+    return combine_semantic_and_instance_outputs(inst, labels, *COMBINE)
+
+
+def _pan_ours(inst: Any, logits: Any, inp: tuple[int, int], out: tuple[int, int],
+              chunk_bytes: int) -> Any:
+    from orchestrator.models.panoptic import combine_panoptic, semantic_labels
+
+    labels = semantic_labels(logits, inp, out, chunk_bytes=chunk_bytes)
+    overlap, stuff, score = COMBINE
+    return combine_panoptic(inst, labels, overlap_threshold=overlap, stuff_area_limit=stuff,
+                            instances_score_thresh=score)
+
+
+def _pan_digest(result: Any) -> str:
+    ids, segments = result
+    common = [{k: v for k, v in s.items() if k != "area" or not s["isthing"]} for s in segments]
+    digest = hashlib.sha256(ids.cpu().numpy().tobytes())
+    digest.update(json.dumps(common, sort_keys=True).encode())
+    return digest.hexdigest()
+
+
+def pan_worker(impl: str, chunk_bytes: int, repeat: int) -> dict[str, Any]:
+    """One panoptic implementation, in this (fresh) process, its inputs made beforehand."""
+    inst, logits, inp, out = _pan_inputs()
+    fn = {"pan-naive": _pan_naive, "pan-ours": _pan_ours}[impl]
+    small = inst[:2]
+    small.pred_masks = small.pred_masks[:, :64, :48].clone()
+    small._image_size = (64, 48)
+    fn(small, logits[:, :64, :48], (64, 48), (64, 48), chunk_bytes)  # warm-up
+    call = functools.partial(fn, inst, logits, inp, out, chunk_bytes)
+    runs = [_measure(call)[1:] for _ in range(repeat - 1)]
+    result, seconds, cpu, added = _measure(call)
+    runs.append((seconds, cpu, added))
+    return {"seconds": min(r[0] for r in runs), "cpu_seconds": min(r[1] for r in runs),
+            "added_bytes": max(r[2] for r in runs), "digest": _pan_digest(result),
+            "segments": len(result[1])}
+
+
+def pan_report(runs: dict[str, dict[str, Any]], chunk_mib: int) -> None:
+    n, classes, _, _, out = PANOPTIC
+    naive, ours = runs["pan-naive"], runs["pan-ours"]
+    print(f"\npanoptic: {n} instances + {classes} semantic classes -> {out[0]}x{out[1]}, "
+          f"chunk budget {chunk_mib} MiB")
+    for impl, r in runs.items():
+        print(f"  {impl:9s}  added peak {r['added_bytes'] / MIB:7.0f} MiB  "
+              f"time {r['seconds']:6.2f} s  cpu {r['cpu_seconds']:6.2f} s  "
+              f"segments {r['segments']}")
+    print(f"  memory naive/ours: {naive['added_bytes'] / max(ours['added_bytes'], 1):.1f}x   "
+          f"time naive/ours: {naive['seconds'] / ours['seconds']:.2f}x")
+    same = naive["digest"] == ours["digest"]
+    print(f"  panoptic outputs identical: {'yes' if same else 'NO'}")
+
+
 def report(case: str, runs: dict[str, dict[str, Any]], chunk_mib: int) -> None:
     n, _, _, _, out = CASES[case]
     naive, ours = runs["naive"], runs["ours"]
@@ -195,15 +293,22 @@ def report(case: str, runs: dict[str, dict[str, Any]], chunk_mib: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--case", choices=[*CASES, "all"], default="all")
+    parser.add_argument("--case", choices=[*CASES, "panoptic", "all"], default="all")
     parser.add_argument("--chunk-mib", type=int, default=256, help="chunk budget (MiB)")
     parser.add_argument("--repeat", type=int, default=3, help="calls per implementation")
-    parser.add_argument("--worker", choices=IMPLS, help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=[*IMPLS, *PAN_IMPLS], help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.worker in PAN_IMPLS:
+        print(json.dumps(pan_worker(args.worker, args.chunk_mib * MIB, args.repeat)))
+        return
     if args.worker:
         print(json.dumps(worker(args.worker, args.case, args.chunk_mib * MIB, args.repeat)))
         return
-    for case in CASES if args.case == "all" else [args.case]:
+    for case in [*CASES, "panoptic"] if args.case == "all" else [args.case]:
+        if case == "panoptic":
+            pan_report({impl: _run(impl, case, args.chunk_mib, args.repeat)
+                        for impl in PAN_IMPLS}, args.chunk_mib)
+            continue
         runs = {impl: _run(impl, case, args.chunk_mib, args.repeat) for impl in IMPLS}
         report(case, runs, args.chunk_mib)
 

@@ -15,19 +15,16 @@ from detectron2.config import CfgNode, configurable
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_sem_seg_head
 from detectron2.modeling.poolers import ROIPooler
-from detectron2.modeling.postprocessing import detector_postprocess, sem_seg_postprocess
+from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import Boxes, ImageList, Instances
 from torch import Tensor, nn
 
 from orchestrator.models.base import OneStageSegmentor
 from orchestrator.models.fcos_outputs import FCOSTrainResult
 from orchestrator.models.layers import conv_norm_relu, normal_init
+from orchestrator.models.panoptic import PanopticCombine
 
-__all__ = ["BlendMask", "BasisModule", "Blender", "PANOPTIC_TRAINING_ERROR"]
-
-PANOPTIC_TRAINING_ERROR = (
-    "panoptic training is not supported yet (MODEL.PANOPTIC_FPN.COMBINE.ENABLED is True): the "
-    "Panoptic/ configs build and load the published checkpoints for inference only")
+__all__ = ["BlendMask", "BasisModule", "Blender"]
 
 
 def _seg_head(in_channels: int, channels: int, num_classes: int) -> nn.Sequential:
@@ -144,13 +141,15 @@ class BlendMask(OneStageSegmentor):
     def __init__(self, *, backbone: Backbone, proposal_generator: nn.Module,
                  pixel_mean: tuple[float, ...], pixel_std: tuple[float, ...],
                  basis_module: BasisModule, blender: Blender, top_in_channels: int,
-                 panoptic_module: nn.Module | None = None) -> None:
+                 panoptic_module: nn.Module | None = None,
+                 panoptic_combine: PanopticCombine | None = None) -> None:
         super().__init__(backbone=backbone, proposal_generator=proposal_generator,
                          pixel_mean=pixel_mean, pixel_std=pixel_std)
         self.basis_module = basis_module
-        # Panoptic configs: detectron2's semantic FPN head for the stuff classes. Inference adds
-        # its ``sem_seg``; training it (panoptic data, losses, evaluation) is not supported yet.
+        # Panoptic configs: detectron2's semantic FPN head for the stuff classes (trained on
+        # ``sem_seg``), combined with the instances into ``panoptic_seg`` at inference.
         self.panoptic_module = panoptic_module
+        self.panoptic_combine = panoptic_combine
         self.blender = blender
         attn_len = blender.num_bases * blender.attn_size**2
         self.top_layer = normal_init(nn.Conv2d(top_in_channels, attn_len, 3, padding=1))
@@ -163,6 +162,7 @@ class BlendMask(OneStageSegmentor):
                    top_in_channels=shapes[cfg.MODEL.FCOS.IN_FEATURES[0]].channels)
         if cfg.MODEL.PANOPTIC_FPN.COMBINE.ENABLED:
             ret["panoptic_module"] = build_sem_seg_head(cfg, shapes)
+            ret["panoptic_combine"] = PanopticCombine.from_config(cfg)
         return ret
 
     def forward(self, batched_inputs: list[dict[str, Any]]) -> Any:
@@ -177,17 +177,19 @@ class BlendMask(OneStageSegmentor):
             det, x.get("height", det.image_size[0]), x.get("width", det.image_size[1])))}
             for det, x in zip(detections, batched_inputs, strict=True)]
         if self.panoptic_module is not None:
-            sem_seg, _ = self.panoptic_module(features)
-            for out, logits, x, size in zip(outputs, sem_seg, batched_inputs,
-                                            images.image_sizes, strict=True):
-                out["sem_seg"] = sem_seg_postprocess(logits, size, x.get("height", size[0]),
-                                                     x.get("width", size[1]))
+            self._panoptic(outputs, images, features)
         return outputs
+
+    def _panoptic(self, outputs: list[dict[str, Any]], images: ImageList,
+                  features: dict[str, Tensor]) -> None:
+        """Adds ``panoptic_seg`` and ``sem_seg_labels`` (never full-size logits) to outputs."""
+        assert self.panoptic_module is not None and self.panoptic_combine is not None
+        sem_seg, _ = self.panoptic_module(features)
+        for out, logits, size in zip(outputs, sem_seg, images.image_sizes, strict=True):
+            out.update(self.panoptic_combine(out["instances"], logits, size))
 
     def _losses(self, batched_inputs: list[dict[str, Any]], images: ImageList,
                 features: dict[str, Tensor]) -> dict[str, Tensor]:
-        if self.panoptic_module is not None:
-            raise ValueError(PANOPTIC_TRAINING_ERROR)
         gt_instances = self.gt_instances(batched_inputs)
         sem = None
         if all("basis_sem" in x for x in batched_inputs):
@@ -198,7 +200,23 @@ class BlendMask(OneStageSegmentor):
         fcos, det_losses = self.proposal_generator(images, features, gt_instances, self.top_layer)
         losses.update(det_losses)
         losses["loss_mask"] = self.blender.loss(bases, fcos, gt_instances)
+        if self.panoptic_module is not None:
+            losses.update(self._sem_seg_losses(batched_inputs, features))
         return losses
+
+    def _sem_seg_losses(self, batched_inputs: list[dict[str, Any]],
+                        features: dict[str, Tensor]) -> dict[str, Tensor]:
+        """``loss_sem_seg`` of the panoptic head: targets padded with its ignore value, as
+        detectron2's PanopticFPN pads them (the head scales the loss by its LOSS_WEIGHT)."""
+        assert self.panoptic_module is not None
+        if any("sem_seg" not in x for x in batched_inputs):
+            raise ValueError("panoptic training inputs need 'sem_seg' (the mapper reads it from "
+                             "sem_seg_file_name when MODEL.PANOPTIC_FPN.COMBINE.ENABLED)")
+        ignore = int(getattr(self.panoptic_module, "ignore_value", 255))
+        targets = ImageList.from_tensors([x["sem_seg"].to(self.device) for x in batched_inputs],
+                                         self.backbone.size_divisibility, pad_value=ignore).tensor
+        _, losses = self.panoptic_module(features, targets)
+        return dict(losses)
 
 
 def _strip(inst: Instances) -> Instances:

@@ -1,4 +1,5 @@
-"""Training mapper for BlendMask: detectron2's DatasetMapper plus the ``basis_sem`` target.
+"""Training mapper for BlendMask: detectron2's DatasetMapper plus the ``basis_sem`` target and,
+for panoptic models, the stuff map ``sem_seg`` read from ``sem_seg_file_name``.
 
 The reference precomputes the semantic map offline (one .npz per image); painting it here from
 the instance annotations gives the same map with no preprocessing step for users.
@@ -19,7 +20,7 @@ from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from detectron2.structures import polygons_to_bitmask
 
-__all__ = ["DatasetMapperWithBasis", "paint_basis_sem"]
+__all__ = ["DatasetMapperWithBasis", "paint_basis_sem", "read_sem_seg"]
 
 
 def _annotation_mask(segmentation: Any, height: int, width: int) -> npt.NDArray[np.bool_]:
@@ -52,25 +53,45 @@ def paint_basis_sem(annotations: list[dict[str, Any]], height: int,
     return sem
 
 
+def read_sem_seg(dataset_dict: dict[str, Any], image_shape: tuple[int, ...]) -> npt.NDArray[Any]:
+    """The uint8 stuff map of a panoptic record (0 things, 1..S stuff, 255 void), checked to
+    exist and to match its image, with errors naming the image."""
+    name = dataset_dict.get("sem_seg_file_name")
+    if not name:
+        raise ValueError(f"{dataset_dict['file_name']}: a panoptic model trains on "
+                         "'sem_seg_file_name' (the stuff map), and this record has none")
+    sem = utils.read_image(name, format="L")
+    sem = sem.squeeze(2) if sem.ndim == 3 else sem
+    if sem.shape != tuple(image_shape[:2]):
+        raise ValueError(f"{dataset_dict['file_name']}: stuff map {name} is {sem.shape}, "
+                         f"the image is {tuple(image_shape[:2])}")
+    return sem
+
+
 class DatasetMapperWithBasis(DatasetMapper):
     """DatasetMapper that also returns ``basis_sem`` (int64 H x W, transformed like the image,
-    nearest-neighbour resized) when BlendMask's auxiliary semantic loss is on."""
+    nearest-neighbour resized) when BlendMask's auxiliary semantic loss is on, and ``sem_seg``
+    (the same, from ``sem_seg_file_name``) when training a panoptic model."""
 
     @configurable
-    def __init__(self, is_train: bool = True, *, basis_sem: bool = True, **kwargs: Any) -> None:
+    def __init__(self, is_train: bool = True, *, basis_sem: bool = True,
+                 panoptic: bool = False, **kwargs: Any) -> None:
         super().__init__(is_train, **kwargs)
         self.basis_sem = basis_sem and is_train
+        self.panoptic = panoptic and is_train
 
     @classmethod
     def from_config(cls, cfg: CfgNode, is_train: bool = True) -> dict[str, Any]:
         ret: dict[str, Any] = super().from_config(cfg, is_train)
         ret["basis_sem"] = bool(cfg.MODEL.BASIS_MODULE.LOSS_ON)
+        ret["panoptic"] = bool(cfg.MODEL.PANOPTIC_FPN.COMBINE.ENABLED)
         return ret
 
     def __call__(self, dataset_dict: dict[str, Any]) -> dict[str, Any]:
         dataset_dict = copy.deepcopy(dataset_dict)
         image = utils.read_image(dataset_dict["file_name"], format=self.image_format)
         utils.check_image_size(dataset_dict, image)
+        stuff = read_sem_seg(dataset_dict, image.shape) if self.panoptic else None
         sem = None
         if self.basis_sem:
             sem = paint_basis_sem(dataset_dict.get("annotations", []), *image.shape[:2])
@@ -80,6 +101,9 @@ class DatasetMapperWithBasis(DatasetMapper):
         dataset_dict["image"] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
         if aug_input.sem_seg is not None:
             dataset_dict["basis_sem"] = torch.as_tensor(aug_input.sem_seg.astype("int64"))
+        if stuff is not None:  # nearest, like basis_sem: ids and 255 stay as they are
+            stuff = transforms.apply_segmentation(stuff)
+            dataset_dict["sem_seg"] = torch.as_tensor(np.ascontiguousarray(stuff).astype("int64"))
         if not self.is_train:
             dataset_dict.pop("annotations", None)
             return dataset_dict

@@ -5,15 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from orchestrator.cli import app
 from orchestrator.errors import InputError
-from orchestrator.models.blendmask import PANOPTIC_TRAINING_ERROR
 from orchestrator.models.preflight import PANOPTIC_KEY, check_trainable, config_value
 from tests.conftest import REPO, TINY_JOB, write_spec
-from tests.models.helpers import make_cfg
 
 PANOPTIC = REPO / "configs/blendmask/Panoptic/R_50_3x.yaml"
 
@@ -48,29 +45,3 @@ def test_submitting_a_panoptic_config_on_instance_data_exits_2(workdir: Path) ->
     assert "data.synthetic.stuff_classes > 0" in " ".join(result.output.split())
     assert not (workdir / "mlflow.db").exists()
 
-
-def test_a_panoptic_model_refuses_to_train_and_predicts_sem_seg() -> None:
-    """The model side of the same rule, with a tiny panoptic BlendMask (R-18, GN, 64 px)."""
-    from detectron2.modeling import build_model
-
-    from tests.models.helpers import DEMO_CONFIGS, tiny_input
-
-    cfg = make_cfg("blendmask", DEMO_CONFIGS["blendmask"], num_classes=4)
-    cfg.MODEL.RESNETS.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
-    cfg.MODEL.FPN.IN_FEATURES = ["res2", "res3", "res4", "res5"]
-    cfg.MODEL.SEM_SEG_HEAD.CONVS_DIM = 32
-    cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES = 3
-    cfg.MODEL.PANOPTIC_FPN.COMBINE.ENABLED = True
-    cfg.MODEL.FCOS.INFERENCE_TH_TEST = 0.0
-    torch.manual_seed(0)
-    model = build_model(cfg)
-    assert "panoptic_module.predictor.weight" in model.state_dict()
-    model.train()
-    with pytest.raises(ValueError, match="panoptic training is not supported yet"):
-        model([tiny_input(with_sem=True)])
-    assert "panoptic training is not supported yet" in PANOPTIC_TRAINING_ERROR
-    model.eval()
-    with torch.no_grad():
-        (out,) = model([tiny_input(out=(96, 90))])
-    assert out["sem_seg"].shape == (3, 96, 90)
-    assert len(out["instances"]) > 0
