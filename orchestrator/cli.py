@@ -275,6 +275,9 @@ def data_synth(
     num_images: Annotated[int, typer.Option(help="Images in total (train + val).")] = 200,
     size: Annotated[int, typer.Option(help="Image side in pixels.")] = 128,
     seed: Annotated[int, typer.Option(help="Same seed, same dataset.")] = 0,
+    stuff_classes: Annotated[int, typer.Option(
+        min=0, max=8, help="Background region classes (1-8): also write COCO panoptic files "
+        "and stuff maps; 0 = instances only.")] = 0,
     overwrite: Annotated[bool, typer.Option(help="Replace a different dataset there.")] = False,
 ) -> None:
     """Write the deterministic synthetic shapes set (COCO json + PNGs, train and val)."""
@@ -282,13 +285,16 @@ def data_synth(
 
     try:
         made = synth.generate(out_dir, num_images=num_images, size=size, seed=seed,
-                              overwrite=overwrite)
+                              stuff_classes=stuff_classes, overwrite=overwrite)
     except (ValueError, FileExistsError) as exc:
         raise InputError(str(exc)) from None
     except OSError as exc:
         raise InputError(f"{out_dir}: cannot write the dataset there ({exc})") from None
     for split in (made.train, made.val):
         console.print(f"{split.name}: {split.num_images} images, {split.json_file}")
+        if split.panoptic_json is not None:
+            console.print(f"{split.name}: panoptic {split.panoptic_json}, segments in "
+                          f"{split.panoptic_root}, stuff maps in {split.sem_seg_root}")
 
 
 @data_app.command("check")

@@ -89,6 +89,22 @@ def test_data_synth_writes_and_refuses_to_clobber(workdir: Path) -> None:
     assert "shapes" in again.output
 
 
+def test_data_synth_with_stuff_classes_writes_panoptic_files(workdir: Path) -> None:
+    from orchestrator.data.panoptic import check_panoptic
+
+    result = invoke("data", "synth", "pan", "--num-images", "4", "--size", "32",
+                    "--stuff-classes", "2")
+    assert result.exit_code == 0, result.output
+    root = workdir / "pan"
+    for split in ("train", "val"):
+        assert check_panoptic(root / "annotations" / f"panoptic_{split}.json",
+                              root / f"panoptic_{split}") == []
+        assert any((root / f"panoptic_stuff_{split}").glob("*.png"))
+    too_many = invoke("data", "synth", "pan9", "--stuff-classes", "9")
+    assert too_many.exit_code == 2 and "--stuff-classes" in too_many.output
+    assert not (workdir / "pan9").exists()
+
+
 def test_version() -> None:
     result = invoke("--version")
     assert result.exit_code == 0 and result.output.startswith("orchestrator ")
