@@ -485,19 +485,30 @@ def _render_image(
     rng: np.random.Generator, size: int, max_instances: int
 ) -> tuple[Pixels, list[tuple[_Shape, int]]]:
     """Place 1..max_instances shapes, paint them in order and return (pixels, shapes+areas)."""
+    shapes = _place_shapes(rng, size, max_instances)
+    pixels, visible = _paint(rng, _background(rng, size), shapes)
+    return pixels, [(shape, int(mask.sum())) for shape, mask in zip(shapes, visible, strict=True)]
+
+
+def _place_shapes(rng: np.random.Generator, size: int, max_instances: int) -> list[_Shape]:
+    """1..max_instances shapes that do not hide each other too much (some may not fit)."""
     count = int(rng.integers(1, max_instances + 1))
     shapes: list[_Shape] = []
     for _ in range(count):
         shape = _place_shape(rng, size, shapes)
         if shape is not None:
             shapes.append(shape)
-    canvas = _background(rng, size)
+    return shapes
+
+
+def _paint(rng: np.random.Generator, canvas: npt.NDArray[np.float64],
+           shapes: list[_Shape]) -> tuple[Pixels, list[Mask]]:
+    """Shapes painted in order on ``canvas``, plus noise; and each shape's visible mask."""
     for shape in shapes:
         canvas[shape.mask] = shape.colour
     canvas += rng.normal(0.0, _NOISE_SIGMA, size=canvas.shape)
     pixels = np.clip(np.rint(canvas), 0, 255).astype(np.uint8)
-    visible = _visible_masks([shape.mask for shape in shapes])
-    return pixels, [(shape, int(mask.sum())) for shape, mask in zip(shapes, visible, strict=True)]
+    return pixels, _visible_masks([shape.mask for shape in shapes])
 
 
 def _place_shape(rng: np.random.Generator, size: int, placed: list[_Shape]) -> _Shape | None:
@@ -590,19 +601,9 @@ def _render_panoptic(
     rng: np.random.Generator, size: int, max_instances: int, stuff: int
 ) -> tuple[Pixels, list[tuple[_Shape, int]], npt.NDArray[np.uint32], list[dict[str, Any]]]:
     """``_render_image`` on a background of stuff regions; also the segment ids and infos."""
-    count = int(rng.integers(1, max_instances + 1))
-    shapes: list[_Shape] = []
-    for _ in range(count):
-        shape = _place_shape(rng, size, shapes)
-        if shape is not None:
-            shapes.append(shape)
+    shapes = _place_shapes(rng, size, max_instances)
     regions = _stuff_regions(rng, size, stuff)
-    canvas = _stuff_background(rng, regions)
-    for shape in shapes:
-        canvas[shape.mask] = shape.colour
-    canvas += rng.normal(0.0, _NOISE_SIGMA, size=canvas.shape)
-    pixels = np.clip(np.rint(canvas), 0, 255).astype(np.uint8)
-    visible = _visible_masks([shape.mask for shape in shapes])
+    pixels, visible = _paint(rng, _stuff_background(rng, regions), shapes)
     ids, info = _panoptic_segments(visible, shapes, regions)
     areas = [int(mask.sum()) for mask in visible]
     return pixels, list(zip(shapes, areas, strict=True)), ids, info

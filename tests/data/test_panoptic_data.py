@@ -234,6 +234,18 @@ def test_a_name_registered_with_other_files_is_an_error(tmp_path: Path,
         register_dataset(replace(data.train, sem_seg_root=str(tmp_path / "elsewhere")))
 
 
+def _registered_train_set(tmp_path: Path, catalogs: list[str]) -> ResolvedData:
+    """A generated panoptic set (2 stuff classes) whose train split is registered."""
+    from orchestrator.data.register import register_datasets
+
+    spec = _job({"synthetic": {"num_images": 5, "size": 32, "seed": 0, "stuff_classes": 2}})
+    data = resolve_data(spec, cache_root=tmp_path / "cache", base=tmp_path)
+    catalogs.append(data.train.name)
+    register_datasets(ResolvedData(train=data.train, test=None, usable_images=None,
+                                   class_names=data.class_names))
+    return data
+
+
 def test_detectron2_mapper_reads_the_registered_stuff_maps(tmp_path: Path,
                                                           catalogs: list[str]) -> None:
     """detectron2's own DatasetMapper turns a registered record into a ``sem_seg`` target:
@@ -242,13 +254,8 @@ def test_detectron2_mapper_reads_the_registered_stuff_maps(tmp_path: Path,
     from detectron2.config import get_cfg
     from detectron2.data import DatasetCatalog, DatasetMapper
 
-    from orchestrator.data.register import register_datasets
 
-    spec = _job({"synthetic": {"num_images": 5, "size": 32, "seed": 0, "stuff_classes": 2}})
-    data = resolve_data(spec, cache_root=tmp_path / "cache", base=tmp_path)
-    catalogs.append(data.train.name)
-    register_datasets(ResolvedData(train=data.train, test=None, usable_images=None,
-                                   class_names=data.class_names))
+    data = _registered_train_set(tmp_path, catalogs)
     cfg = get_cfg()
     cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN = (32,), 32
     cfg.INPUT.RANDOM_FLIP = "none"
@@ -267,14 +274,9 @@ def test_the_node_cache_leaves_panoptic_sets_to_detectron2(
     from detectron2.data import get_detection_dataset_dicts
 
     from orchestrator.data.cache import cached_train_dataset
-    from orchestrator.data.register import register_datasets
 
     monkeypatch.setenv("ORCHESTRATOR_DATA_CACHE", str(tmp_path / "node-cache"))
-    spec = _job({"synthetic": {"num_images": 5, "size": 32, "seed": 0, "stuff_classes": 2}})
-    data = resolve_data(spec, cache_root=tmp_path / "cache", base=tmp_path)
-    catalogs.append(data.train.name)
-    register_datasets(ResolvedData(train=data.train, test=None, usable_images=None,
-                                   class_names=data.class_names))
+    data = _registered_train_set(tmp_path, catalogs)
     cfg = get_cfg()
     cfg.DATASETS.TRAIN = (data.train.name,)
     assert cached_train_dataset(cfg) is None
