@@ -68,19 +68,21 @@ STUFF_CLASSES: tuple[str, ...] = ("sky", "grass", "water", "sand", "wall", "road
 # Stuff category ids start here, apart from the things' 1..4 (COCO's stuff ids follow its
 # things too): the mapping to contiguous 1..S is then exercised, not an identity.
 _STUFF_ID_BASE = 101
-# Per stuff class: a muted base colour (the shapes' are saturated) and a texture, so that both
-# colour and pattern tell the classes apart.
+# Per stuff class: a near-grey base colour and a texture. The things' classes are told apart
+# by saturated hues, so the stuff keeps to the low saturation of the instance-only set's grey
+# background (a blue sky or green grass would hide blue and green shapes): the classes differ in
+# pattern, brightness and a slight tint.
 _STUFF_LOOKS: tuple[tuple[tuple[int, int, int], str], ...] = (
-    ((150, 175, 215), "plain"),
-    ((95, 125, 70), "vstripes"),
-    ((60, 90, 140), "waves"),
-    ((200, 180, 135), "dots"),
-    ((140, 110, 100), "bricks"),
-    ((80, 80, 85), "hstripes"),
-    ((235, 235, 240), "plain"),
-    ((120, 85, 55), "diagonal"),
+    ((171, 179, 191), "plain"),
+    ((96, 105, 89), "vstripes"),
+    ((86, 95, 110), "waves"),
+    ((180, 174, 161), "dots"),
+    ((124, 115, 112), "bricks"),
+    ((81, 81, 83), "hstripes"),
+    ((236, 236, 238), "plain"),
+    ((97, 86, 77), "diagonal"),
 )
-_TEXTURE_AMPLITUDE = 22.0
+_TEXTURE_AMPLITUDE = 6.0
 _MIN_CELLS, _MAX_CELLS = 2, 4  # Voronoi cells (stuff regions) per image
 
 Mask = npt.NDArray[np.bool_]

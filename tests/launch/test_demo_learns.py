@@ -52,5 +52,5 @@ def test_panoptic_demo_learns_stuff_and_keeps_instance_ap(workdir: Path) -> None
     ap = {name: m.get("segm/AP", 0.0) for name, m in runs.items()}
     parts = ("panoptic_seg/PQ_th", "panoptic_seg/PQ_st", "sem_seg/mIoU")
     print(f"PQ {pq}\nsegm AP {ap}\n" + ", ".join(f"{k} {runs['panoptic'].get(k)}" for k in parts))
-    assert pq["panoptic"] > pq["untrained"] + 20.0, pq
+    assert pq["panoptic"] > pq["untrained"] + 40.0, pq
     assert ap["panoptic"] > ap["plain"] - 5.0, ap
