@@ -114,7 +114,7 @@ def train_loop(config: dict[str, Any]) -> None:
     train_loop_per_worker(config, entered=entered)
 
 
-def _trainer(job: WorkerJob, queue: Any) -> Any:
+def _trainer(job: WorkerJob, queue: Any, board: Any = None) -> Any:
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -124,7 +124,7 @@ def _trainer(job: WorkerJob, queue: Any) -> Any:
         resources["GPU"] = res.gpus_per_worker
     return TorchTrainer(
         train_loop,
-        train_loop_config={**job.to_config(), "progress_queue": queue},
+        train_loop_config={**job.to_config(), "progress_queue": queue, "hang_board": board},
         scaling_config=ScalingConfig(  # type: ignore[call-arg]  # Train V2's, Ray 2.60
             num_workers=res.workers,  # type: ignore[arg-type]
             use_gpu=res.gpus_per_worker > 0, resources_per_worker=resources,
@@ -179,14 +179,30 @@ def _watch_head(grace_s: float = 20) -> None:
     threading.Thread(target=watch, name="head-watch", daemon=True).start()
 
 
+def _hang_board(job: WorkerJob) -> Any:
+    """The actor where the ranks of each attempt meet when training stalls
+    (``orchestrator.training.hang``): it lives with the driver, so whichever rank is stuck,
+    the others can still tell who did not arrive. None for one worker: nothing to wait for."""
+    import ray
+
+    from orchestrator.training.hang import HangBoard
+
+    if job.spec.resources.max_workers < 2:
+        return None
+
+    return ray.remote(num_cpus=0)(HangBoard).remote()
+
+
 def fit(job: WorkerJob, *, console: Console, label: str = "") -> None:
     """Train one job on the Ray this process is connected to, following its progress."""
+    import ray
     from ray.util.queue import Queue
 
     if os.environ.get("RAY_ADDRESS"):
         _watch_head()
     queue = Queue(maxsize=1000)
-    trainer = _trainer(job, queue)
+    board = _hang_board(job)
+    trainer = _trainer(job, queue, board)
     _ACTIVE_RUNS[job.run_id] = job.tracking_uri
     with ProgressFollower(queue, console, job.plan.max_iter, label=label) as progress, \
             PendingWatch(job, console, progress, label=label):
@@ -196,6 +212,8 @@ def fit(job: WorkerJob, *, console: Console, label: str = "") -> None:
             raise JobFailedError(f"training failed: {exc}") from exc
         finally:
             _ACTIVE_RUNS.pop(job.run_id, None)
+            if board is not None:
+                ray.kill(board)
 
 
 @contextmanager

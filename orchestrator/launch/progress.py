@@ -74,6 +74,10 @@ class ProgressFollower:
             except Exception:  # ray.util.queue.Empty, or the queue actor is gone  # noqa: BLE001
                 continue
             self.seen_at = time.monotonic()
+            if "message" in record:  # a line a worker wants shown (a hang report's)
+                self._console.print(self._label + str(record["message"]), highlight=False,
+                                    soft_wrap=True)
+                continue
             yield record
 
     def _run(self) -> None:

@@ -21,6 +21,8 @@ from orchestrator.tracking.writer import BackgroundSender, MLflowWriter, SystemM
 from orchestrator.training.config import build_cfg
 from orchestrator.training.dist import setup_local_process_group
 from orchestrator.training.elastic import log_plan, plan_for_world
+from orchestrator.training.hang import Member, group_members
+from orchestrator.training.hang_watch import HangWatch, WatchContext
 from orchestrator.training.hooks import (
     ArtifactHook,
     ProgressWriter,
@@ -83,7 +85,9 @@ def train_loop_per_worker(config: dict[str, Any], *, entered: float | None = Non
     clock.mark("imports")
     context = ray.train.get_context()
     job = plan_for_world(WorkerJob.from_config(config), context.get_world_size())
-    setup_local_process_group(ray.get_runtime_context().get_node_id())
+    node = ray.get_runtime_context().get_node_id()
+    setup_local_process_group(node)
+    members = group_members(node)
     clock.mark("process groups")
     register_datasets(job.data)
     cfg = build_cfg(job, _device())
@@ -92,13 +96,27 @@ def train_loop_per_worker(config: dict[str, Any], *, entered: float | None = Non
     main = comm.is_main_process()
     sender = BackgroundSender(name="tracking-sender")
     try:
-        _train(job, cfg, config.get("progress_queue") if main else None, sender, clock)
+        watch = _hang_watch(job, cfg, config, members, node)
+        _train(job, cfg, config.get("progress_queue") if main else None, sender, clock, watch)
     finally:  # writers flush in after_train; this also covers a failure before training
         sender.close()
 
 
+def _hang_watch(job: WorkerJob, cfg: CfgNode, config: dict[str, Any], members: list[Member],
+                node: str) -> HangWatch | None:
+    """Every rank's watch for a stalled group; none for one worker (no collective to hang)
+    or without the driver's board."""
+    board = config.get("hang_board")
+    if board is None or len(members) < 2:
+        return None
+    return HangWatch(WatchContext(board=board, members=members, node=node,
+                                  timeout_s=job.spec.run.collective_timeout_s,
+                                  tracking_uri=job.tracking_uri, run_id=job.run_id,
+                                  output_dir=cfg.OUTPUT_DIR, queue=config.get("progress_queue")))
+
+
 def _train(job: WorkerJob, cfg: CfgNode, queue: Any, sender: BackgroundSender,
-           clock: StartupClock) -> None:
+           clock: StartupClock, watch: HangWatch | None = None) -> None:
     main = comm.is_main_process()
     writers = _writers(job, queue, sender) if main else []
     progress = next((w for w in writers if isinstance(w, ProgressWriter)), None)
@@ -110,7 +128,8 @@ def _train(job: WorkerJob, cfg: CfgNode, queue: Any, sender: BackgroundSender,
         on_eval_error=mlflow_eval_error_recorder(job.tracking_uri, job.run_id) if main else None,
         on_eval_progress=progress.write_eval if progress is not None else None,
     )
-    hooks: list[Any] = [RayCheckpointHook(cfg.SOLVER.CHECKPOINT_PERIOD, output_dir=cfg.OUTPUT_DIR)]
+    hooks: list[Any] = [watch] if watch is not None else []  # first: its after_train too
+    hooks += [RayCheckpointHook(cfg.SOLVER.CHECKPOINT_PERIOD, output_dir=cfg.OUTPUT_DIR)]
     if main:
         hooks.append(ArtifactHook(tracking_uri=job.tracking_uri, run_id=job.run_id,
                                   output_dir=cfg.OUTPUT_DIR))

@@ -68,6 +68,8 @@ def test_two_nodes_train_over_gloo_with_one_rank_on_each(workdir: Path,
     client = MlflowClient(tracking_uri=f"sqlite:///{workdir}/mlflow.db")
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert [r.info.status for r in runs] == ["FINISHED"]
+    # Both ranks ran the hang watch; a run that never stalled has no hang report.
+    assert client.list_artifacts(runs[0].info.run_id, "hangs") == []
     checkpoints = sorted(p.parent.name for p in (workdir / "shared").glob("*/iter_*/model.pth"))
     assert checkpoints == ["iter_0000002", "iter_0000005"]
     state = torch.load(next((workdir / "shared").glob("*/iter_0000005/model.pth")),

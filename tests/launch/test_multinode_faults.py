@@ -141,6 +141,21 @@ def test_a_worker_hung_in_a_collective_times_out_and_restarts(workdir: Path,
     logs = worker_logs(workdir)
     # Both ranks of the new group read the shared checkpoint.
     assert logs.count("restored from Ray checkpoint at iteration") >= 2, logs[-3000:]
+    assert_hang_report(client, run.info.run_id, logs, output)
+
+
+def assert_hang_report(client: MlflowClient, run_id: str, logs: str, output: str) -> None:
+    """Before the restart, the hang was diagnosed: one artifact for the attempt naming the
+    stopped rank, with a Python stack of each rank (the stopped one read by py-spy)."""
+    assert [a.path for a in client.list_artifacts(run_id, "hangs")] == ["hangs/attempt-1.txt"]
+    text = Path(client.download_artifacts(run_id, "hangs/attempt-1.txt")).read_text()
+    assert text.splitlines()[1] == "did not arrive: rank 1", text[:2000]
+    sections = text.split("=== rank ")[1:]
+    assert [s.split(" ", 1)[0] for s in sections] == ["0", "1"], text[:2000]
+    assert all("train_loop_per_worker" in s for s in sections), text
+    assert "py-spy dump --nonblocking" in sections[1], text
+    for where in (logs, output):
+        assert "rank 1 did not arrive; stacks of 2 ranks in hangs/attempt-1.txt" in where
 
 
 def test_head_loss_fails_the_run_and_resume_continues_on_a_new_cluster(
