@@ -180,17 +180,21 @@ def test_semantic_head_classes_come_from_the_data(workdir: Path) -> None:
 
 
 def test_panoptic_jobs_validate_and_dry_run(workdir: Path) -> None:
-    """The demo is the plain BlendMask demo plus stuff classes and the panoptic config; the
-    COCO job is Panoptic/R_50_3x's recipe (its dry run needs no COCO files)."""
+    """The demo is the plain BlendMask demo plus stuff classes, the panoptic config and a
+    third more iterations (a second task on the same features); the COCO job is
+    Panoptic/R_50_3x's recipe (its dry run needs no COCO files)."""
     from orchestrator.spec import load_spec
 
     demo, plain = (load_spec(REPO / f"jobs/{n}.yaml")
                    for n in ("demo-blendmask-panoptic", "demo-blendmask"))
-    assert demo.solver == plain.solver and demo.resources == plain.resources
+    assert plain.solver.max_iter is not None
+    assert demo.solver.max_iter == plain.solver.max_iter * 4 // 3
+    assert demo.solver.model_copy(update={"max_iter": plain.solver.max_iter}) == plain.solver
+    assert demo.resources == plain.resources
     assert demo.data.synthetic is not None and plain.data.synthetic is not None
     assert demo.data.synthetic.model_copy(update={"stuff_classes": 0}) == plain.data.synthetic
     assert demo.data.synthetic.stuff_classes == 3
-    for name, expected in (("demo-blendmask-panoptic", ["450 iters", "2 x 2 images (cpu"]),
+    for name, expected in (("demo-blendmask-panoptic", ["600 iters", "2 x 2 images (cpu"]),
                            ("blendmask-panoptic", ["270000 iters", "210000, 250000",
                                                    "16 (reference 16, scale 1)"])):
         job = str(REPO / f"jobs/{name}.yaml")
