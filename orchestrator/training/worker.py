@@ -17,6 +17,7 @@ from detectron2.utils.logger import setup_logger
 from orchestrator.data.register import register_datasets
 from orchestrator.job import WorkerJob
 from orchestrator.secrets import redact_urls
+from orchestrator.tracking.steps import StepAxis
 from orchestrator.tracking.writer import BackgroundSender, MLflowWriter, SystemMetricsWriter
 from orchestrator.training.config import build_cfg
 from orchestrator.training.dist import setup_local_process_group
@@ -69,10 +70,13 @@ def _prepare_output(cfg: CfgNode) -> None:
 
 
 def _writers(job: WorkerJob, queue: Any, sender: BackgroundSender) -> list[Any]:
-    """Rank 0's tracking writers, all sending from one background thread (order kept)."""
+    """Rank 0's tracking writers, all sending from one background thread (order kept), at
+    steps of the spec's reference batch (the plan in force knows the batch)."""
     uri, run_id = job.tracking_uri, job.run_id
-    writers: list[Any] = [MLflowWriter(tracking_uri=uri, run_id=run_id, sender=sender),
-                          SystemMetricsWriter(tracking_uri=uri, run_id=run_id, sender=sender)]
+    axis = StepAxis(batch=job.plan.total_batch, reference_batch=job.plan.reference_batch)
+    writers: list[Any] = [
+        MLflowWriter(tracking_uri=uri, run_id=run_id, axis=axis, sender=sender),
+        SystemMetricsWriter(tracking_uri=uri, run_id=run_id, axis=axis, sender=sender)]
     if queue is not None:
         writers.append(ProgressWriter(queue, job.plan.max_iter, sender))
     return writers
