@@ -47,6 +47,11 @@ class StepAxis:
         """The reference iteration (0-based) that ``iteration`` completes or is part of."""
         return (self.images_seen(iteration) - 1) // self.reference_batch
 
+    def done(self, iteration: int) -> int:
+        """Reference iterations completed once ``iteration`` is done (1-based counts, as
+        the step of MLflow images: ``training.visualize``)."""
+        return self.images_seen(iteration) // self.reference_batch
+
     def final(self, iteration: int) -> bool:
         """Whether no later iteration lands on ``iteration``'s step (its value is the last)."""
         return self.step(iteration + 1) > self.step(iteration)

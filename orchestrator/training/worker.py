@@ -69,11 +69,16 @@ def _prepare_output(cfg: CfgNode) -> None:
                                                        encoding="utf-8")
 
 
+def _step_axis(job: WorkerJob) -> StepAxis:
+    """MLflow steps at the spec's reference batch, from the batch of the plan in force."""
+    return StepAxis(batch=job.plan.total_batch, reference_batch=job.plan.reference_batch)
+
+
 def _writers(job: WorkerJob, queue: Any, sender: BackgroundSender) -> list[Any]:
     """Rank 0's tracking writers, all sending from one background thread (order kept), at
     steps of the spec's reference batch (the plan in force knows the batch)."""
     uri, run_id = job.tracking_uri, job.run_id
-    axis = StepAxis(batch=job.plan.total_batch, reference_batch=job.plan.reference_batch)
+    axis = _step_axis(job)
     writers: list[Any] = [
         MLflowWriter(tracking_uri=uri, run_id=run_id, axis=axis, sender=sender),
         SystemMetricsWriter(tracking_uri=uri, run_id=run_id, axis=axis, sender=sender)]
@@ -139,7 +144,8 @@ def _train(job: WorkerJob, cfg: CfgNode, queue: Any, sender: BackgroundSender,
                                   output_dir=cfg.OUTPUT_DIR))
         hooks.append(VisualizeHook(tracking_uri=job.tracking_uri, run_id=job.run_id,
                                    count=cfg.ORCHESTRATOR.VISUALIZE,
-                                   eval_period=cfg.TEST.EVAL_PERIOD))
+                                   eval_period=cfg.TEST.EVAL_PERIOD,
+                                   axis=_step_axis(job)))
     trainer.register_hooks(hooks)
     clock.mark("model and data")
     trainer.resume_or_load(resume=False)
