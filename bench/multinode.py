@@ -4,7 +4,7 @@
 - throughput: images/s of 2 nodes x 1 worker against 1 node x 1 worker (same images per
   worker), from MLflow step timestamps after the first iterations;
 - node-loss: a [1, 2] job whose second node is SIGKILLed: seconds from the kill to the next
-  logged iteration, workers before/after, final iteration against the plan, duplicate steps;
+  logged iteration, workers before/after, final step against the plan, duplicate steps;
 - grow: a [1, 2] job on one node, a node added mid-run: workers before/after, seconds from the
   node joining to the first iteration of the bigger group;
 - hang: rank 1 SIGSTOPped inside training (run.collective_timeout_s=30): seconds from SIGSTOP
@@ -45,6 +45,7 @@ solver: {{reference_lr: 0.01, reference_batch: 2, max_iter: ITERS, warmup_iters:
 eval: {{enabled: false}}
 tracking: {{log_period: 1}}
 """
+REFERENCE_BATCH = 2  # JOB's: MLflow steps count iterations at this batch
 START = re.compile(r"rank (\d+)/(\d+) \(pid (\d+)\) starts training")
 
 
@@ -101,7 +102,7 @@ class Run:
         steps = [s for s, _, _ in self.history("total_loss")]
         workers = [int(v) for _, v, _ in self.history("plan/workers")]
         dupes = len(steps) - len(set(steps))
-        return (f"workers {' -> '.join(map(str, workers))}, final iteration {steps[-1]} "
+        return (f"workers {' -> '.join(map(str, workers))}, final step {steps[-1]} "
                 f"(plan {planned_last}), duplicate steps: {dupes}")
 
 
@@ -114,10 +115,11 @@ def next_step_after(run: Run, moment: float) -> float:
     return min(after) - moment if after else float("nan")
 
 
-def images_per_s(run: Run, batch: int, skip: int = 3) -> float:
+def images_per_s(run: Run, skip: int = 3) -> float:
+    """Steps are iterations at the reference batch, whatever the worker count."""
     points = [(s, t) for s, _, t in run.history("total_loss") if s >= skip]
     (s0, t0), (s1, t1) = points[0], points[-1]
-    return (s1 - s0) * batch / (t1 - t0)
+    return (s1 - s0) * REFERENCE_BATCH / (t1 - t0)
 
 
 def throughput(tmp: Path) -> None:
@@ -128,7 +130,7 @@ def throughput(tmp: Path) -> None:
             run = Run(tmp / f"throughput-{nodes}", cluster, 8 * nodes,
                       f"resources.workers={nodes}")
             run.wait()
-            rates[nodes] = images_per_s(run, nodes)
+            rates[nodes] = images_per_s(run)
     print(f"throughput: 1 node x 1 worker {rates[1]:.2f} images/s, 2 nodes x 1 worker "
           f"{rates[2]:.2f} images/s: {rates[2] / rates[1]:.2f}x", flush=True)
 
@@ -142,7 +144,7 @@ def node_loss(tmp: Path) -> None:
         cluster.kill_node("worker-1")
         run.wait()
     print(f"node-loss: {next_step_after(run, killed_at):.1f} s from SIGKILL of a node to the "
-          f"next logged iteration; {run.summary(31)}", flush=True)
+          f"next logged iteration; {run.summary(15)}", flush=True)
 
 
 def grow(tmp: Path) -> None:

@@ -477,15 +477,22 @@ def runs_import(
     experiment: Annotated[str, typer.Option(help="MLflow experiment.")] = "orchestrator",
     iters_per_epoch: Annotated[int | None, typer.Option(
         help="MMDetection only: iterations per epoch (default: from the log).")] = None,
+    batch: Annotated[int | None, typer.Option(
+        help="Total batch the log was trained at (default: SOLVER.IMS_PER_BATCH of a "
+             "config.yaml beside a detectron2 log, else the reference batch).")] = None,
+    reference_batch: Annotated[int, typer.Option(
+        help="Steps are iterations at this batch: your specs' solver.reference_batch.")] = 16,
     tracking_uri: TrackingUri = None,
 ) -> None:
-    """Import a training log as a FINISHED MLflow run (detectron2 names, AP in percent)."""
+    """Import a training log as a FINISHED MLflow run (detectron2 names, AP in percent, steps
+    at the reference batch)."""
     from orchestrator.tracking.importer import import_log
 
     uri = _tracking_uri(tracking_uri)
     with _store_errors(uri):
         run_id = import_log(file, tracking_uri=uri, experiment=experiment, run_name=name,
-                            iters_per_epoch=iters_per_epoch)
+                            iters_per_epoch=iters_per_epoch, batch=batch,
+                            reference_batch=reference_batch)
     console.print(run_id, highlight=False)
 
 

@@ -45,6 +45,8 @@ class Comparison:
     params: list[tuple[str, tuple[str, ...]]]  # only params whose values differ
     metrics: list[MetricRow]
     curves: dict[str, dict[str, Curve]] = field(default_factory=dict)  # run id -> metric -> pts
+    # Steps are iterations at each run's ``reference_batch`` param (tracking.steps).
+    reference_batches: set[int] = field(default_factory=set)
 
 
 def direction(metric: str) -> str | None:
@@ -68,7 +70,15 @@ def compare_runs(refs: list[str], *, tracking_uri: str) -> Comparison:
     refs_out = [_ref(client, run) for run in runs]
     curves = {run.info.run_id: _curves(client, run) for run in runs}
     return Comparison(runs=refs_out, params=_differing_params(runs),
-                      metrics=_metric_rows(runs, curves), curves=curves)
+                      metrics=_metric_rows(runs, curves), curves=curves,
+                      reference_batches=_reference_batches(runs))
+
+
+def _reference_batches(runs: list[Any]) -> set[int]:
+    """The batches whose iterations the runs' steps count (runs without the param are left
+    out: they were logged before steps had a reference batch)."""
+    found = (run.data.params.get("reference_batch", "") for run in runs)
+    return {int(value) for value in found if value.isdigit()}
 
 
 def resolve_run(client: Any, ref: str) -> Any:

@@ -1,4 +1,5 @@
-"""Draw a ``Comparison`` as a PNG: loss and AP curves of all runs, iteration on a shared x axis.
+"""Draw a ``Comparison`` as a PNG: loss and AP curves of all runs on a shared x axis, the MLflow
+step: iterations at the reference batch, the same amount of training for any worker count.
 
 Uses matplotlib's object API with the Agg canvas, chosen here rather than at import, so neither
 importing the package nor plotting touches pyplot's global backend state.
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.errors import InputError
+from orchestrator.tracking.steps import axis_label
 
 if TYPE_CHECKING:
     from orchestrator.tracking.compare import Comparison
@@ -59,7 +61,7 @@ def _panel(ax: Any, comparison: Comparison, metric: str, label: str) -> None:
         ax.plot(steps, values, marker=marker, color=f"C{index % 10}")
         drawn = True
     ax.set_title(label)
-    ax.set_xlabel("iteration")
+    ax.set_xlabel(axis_label(comparison.reference_batches))
     ax.grid(True, alpha=0.3)
     if not drawn:
         ax.text(0.5, 0.5, f"no run has {metric}", ha="center", va="center",

@@ -55,6 +55,7 @@ class ParsedLog:
     params: dict[str, str] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)
     records: int = 0
+    counts_done: bool = False  # steps count iterations done (MMDetection), not 0-based ones
 
     def add(self, name: str, step: int, value: Any) -> None:
         """Keep finite numbers only (strings such as ``bbox_mAP_copypaste`` are not metrics)."""
@@ -122,7 +123,7 @@ def _parse_detectron2(path: Path, records: list[tuple[int, dict[str, Any]]]) -> 
 
 def _parse_mmdet(path: Path, records: list[tuple[int, dict[str, Any]]],
                  iters_per_epoch: int | None) -> ParsedLog:
-    parsed = ParsedLog(source_format=MMDET, records=len(records))
+    parsed = ParsedLog(source_format=MMDET, records=len(records), counts_done=True)
     first_number, first = records[0]
     if "mode" not in first:  # the environment record: who ran it on what
         parsed.tags.update({_safe_key(f"env.{k}"): str(v)[:5000] for k, v in first.items()})

@@ -1,7 +1,10 @@
 """Rank 0's detectron2 ``EventWriter``s that send scalars to the driver's MLflow run.
 
 ``MLflowWriter`` writes what detectron2's ``JSONWriter`` writes to ``metrics.json`` (same names,
-same smoothing, the iteration as step), so MLflow and ``metrics.json`` agree.
+same smoothing), so MLflow and ``metrics.json`` agree. The step is not the iteration but the
+iteration at the reference batch (``tracking.steps.StepAxis``), so runs with any worker count,
+and runs whose batch changed on an elastic restart, share one axis; the real iteration and the
+images seen go beside the losses as the metrics ``iteration`` and ``images_seen``.
 
 Only the snapshot of the event storage happens on the training thread; every MLflow call (and
 the system sampling) runs on one ``BackgroundSender`` thread, so a slow tracking store costs
@@ -25,12 +28,16 @@ from typing import Any
 
 from detectron2.utils.events import EventWriter, get_event_storage
 
+from orchestrator.tracking.steps import StepAxis
+
 __all__ = ["BackgroundSender", "MLflowWriter", "SystemMetricsWriter"]
 
 logger = logging.getLogger(__name__)
 
 _BATCH = 1000  # MLflow's log_batch limit for metrics
 _STOP = object()
+
+_Scalar = tuple[str, float, int, int]  # name, value, step, time stamp (ms)
 
 
 class BackgroundSender:
@@ -130,25 +137,35 @@ class _Client:
 
 
 class MLflowWriter(_SenderWriter):
-    """Log new scalars (those with an iteration past the last one logged) to one run.
+    """Log new scalars (those at a step past the last one logged) to one run.
 
     Every write's snapshot is kept, with the time it was taken; they reach MLflow together,
     in order, once ``send_every_s`` has passed since the last send, and on ``close()``.
 
+    With a batch below the reference batch several iterations share a step. MLflow cannot
+    replace a value, so a value is held back until no later iteration can land on its step
+    (the iteration in training has moved past it, or the writer closes): the last value of
+    a step is the one logged, none is logged twice, and none is dropped before a later one
+    of the same step replaced it. At or above the reference batch nothing waits.
+
     Args:
+        axis: the step of an iteration; by default the iteration itself.
         sender: share one sender thread between writers; by default the writer has its own
             and stops it on ``close()``.
         send_every_s: 0 sends each write on its own.
     """
 
     def __init__(self, *, tracking_uri: str, run_id: str, window_size: int = 20,
-                 sender: BackgroundSender | None = None, send_every_s: float = 5.0) -> None:
+                 axis: StepAxis | None = None, sender: BackgroundSender | None = None,
+                 send_every_s: float = 5.0) -> None:
         super().__init__(sender)
         self._client = _Client(tracking_uri)
         self._run_id = run_id
         self._window = window_size
+        self._axis = axis or StepAxis()
         self._send_every = send_every_s
-        self._pending: list[tuple[str, float, int, int]] = []
+        self._pending: list[_Scalar] = []
+        self._held: dict[str, _Scalar] = {}
         self._sent_at = float("-inf")
         self._last_step: dict[str, int] | None = None
         # What training already produced in this run's history (a restart replays steps).
@@ -165,13 +182,37 @@ class MLflowWriter(_SenderWriter):
 
     def write(self) -> None:
         storage, now = get_event_storage(), int(time.time() * 1000)
-        self._pending.extend(
-            (name, float(value), int(step), now) for name, (value, step)
-            in storage.latest_with_smoothing_hint(self._window).items())
+        latest = storage.latest_with_smoothing_hint(self._window)
+        for name, (value, iteration) in latest.items():
+            self._hold(name, float(value), int(iteration), now)
+        if latest:
+            last = max(int(iteration) for _, iteration in latest.values())
+            self._hold("iteration", float(last), last, now)
+            self._hold("images_seen", float(self._axis.images_seen(last)), last, now)
+        self._release(before=self._axis.step(storage.iter + 1))
         if time.monotonic() - self._sent_at >= self._send_every:
             self._put_pending()
 
+    def _hold(self, name: str, value: float, iteration: int, timestamp: int) -> None:
+        """Keep the newest value of ``name`` for its step; one of an earlier step is final."""
+        step = self._axis.step(iteration)
+        held = self._held.get(name)
+        if held is not None and held[2] > step:  # an older value than the one held
+            return
+        if held is not None and held[2] < step:
+            self._pending.append(held)
+        self._held[name] = (name, value, step, timestamp)
+
+    def _release(self, *, before: int | None = None) -> None:
+        """Queue the held values at steps below ``before`` (all of them by default), which
+        no iteration still to come can reach."""
+        for name, held in list(self._held.items()):
+            if before is None or held[2] < before:
+                self._pending.append(held)
+                del self._held[name]
+
     def close(self) -> None:
+        self._release()
         self._put_pending()
         super().close()
 
@@ -181,7 +222,7 @@ class MLflowWriter(_SenderWriter):
         if pending:
             self._sender.put(lambda: self._send(pending))
 
-    def _send(self, scalars: list[tuple[str, float, int, int]]) -> None:
+    def _send(self, scalars: list[_Scalar]) -> None:
         from mlflow.entities import Metric
 
         if self._last_step is None:  # the history could not be read: do not duplicate
@@ -201,9 +242,10 @@ class SystemMetricsWriter(_SenderWriter):
     ``system/cpu_percent``, ``system/memory_gb`` (this process tree's RSS), and with CUDA
     ``system/gpu_memory_gb`` / ``system/gpu_max_memory_gb`` (PyTorch's allocator).
     Sampled on the sender thread, at the time the iteration was written, once every
-    ``every_s`` at most (the first write always samples)."""
+    ``every_s`` at most (the first write always samples), at the iteration's step on
+    ``axis`` (the iteration by default)."""
 
-    def __init__(self, *, tracking_uri: str, run_id: str,
+    def __init__(self, *, tracking_uri: str, run_id: str, axis: StepAxis | None = None,
                  sender: BackgroundSender | None = None, every_s: float = 10.0) -> None:
         import psutil
 
@@ -211,6 +253,7 @@ class SystemMetricsWriter(_SenderWriter):
         self._client = _Client(tracking_uri)
         self._run_id = run_id
         self._every = every_s
+        self._axis = axis or StepAxis()
         self._sampled_at = float("-inf")
         self._process = psutil.Process()
         self._process.cpu_percent()  # the first call only starts the measurement
@@ -235,7 +278,7 @@ class SystemMetricsWriter(_SenderWriter):
         if time.monotonic() - self._sampled_at < self._every:
             return
         self._sampled_at = time.monotonic()
-        step, now = get_event_storage().iter, int(time.time() * 1000)
+        step, now = self._axis.step(get_event_storage().iter), int(time.time() * 1000)
         self._sender.put(lambda: self._send(step, now))
 
     def _send(self, step: int, timestamp: int) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 
 from orchestrator.job import WorkerJob
 from orchestrator.plan import replan
+from orchestrator.tracking.steps import StepAxis
 
 __all__ = ["plan_for_world", "equivalent_iteration", "adopt_new_schedule", "log_plan"]
 
@@ -51,18 +52,20 @@ def adopt_new_schedule(trainer: Any, new_lrs: list[float], iteration: int) -> No
         group["lr"] = lr
 
 
-def log_plan(job: WorkerJob, step: int) -> None:
-    """The plan each attempt trains with, as ``plan/*`` metrics at its first step: a plan that
-    changes after an elastic restart shows as a step in these curves."""
+def log_plan(job: WorkerJob, iteration: int) -> None:
+    """The plan each attempt trains with, as ``plan/*`` metrics at the step (reference
+    iterations, as every metric) of its first ``iteration``: a plan that changes after an
+    elastic restart shows as a step in these curves, where the losses' batch changed."""
     import time
 
     from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
 
     plan, now = job.plan, int(time.time() * 1000)
+    step = StepAxis(batch=plan.total_batch, reference_batch=plan.reference_batch).step(iteration)
     values = {"workers": plan.workers, "total_batch": plan.total_batch,
               "base_lr": plan.base_lr, "max_iter": plan.max_iter}
-    logger.info("plan from iteration %d: %s", step,
+    logger.info("plan from iteration %d (step %d): %s", iteration, step,
                 ", ".join(f"{k} {v:g}" for k, v in values.items()))
     metrics = [Metric(f"plan/{k}", float(v), now, step) for k, v in values.items()]
     MlflowClient(tracking_uri=job.tracking_uri).log_batch(job.run_id, metrics=metrics)

@@ -2,8 +2,8 @@
 
 Why: AP numbers say how much a model improved, pictures say how. The same few validation
 images are drawn after every evaluation and logged as MLflow step images (key
-``val/<file stem>``, step = iterations done), so the MLflow UI shows the masks improving over a
-run. Rank 0 only, a handful of images, and no error here ever stops training.
+``val/<file stem>``, step = iterations done at the reference batch), so the MLflow UI shows the
+masks improving over a run. Rank 0 only, a handful of images, and no error here ever stops training.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from typing import Any
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.engine import HookBase
+
+from orchestrator.tracking.steps import StepAxis
 
 __all__ = ["VisualizeHook", "DISPLAY_SCORE", "image_key"]
 
@@ -37,9 +39,12 @@ class VisualizeHook(HookBase):
         tracking_uri, run_id: the MLflow run to log to.
         count: images to draw (0: the hook does nothing).
         eval_period: ``cfg.TEST.EVAL_PERIOD`` (0: only after the final evaluation).
+        axis: the run's step axis, so runs of any worker count line up (default: iterations).
     """
 
-    def __init__(self, *, tracking_uri: str, run_id: str, count: int, eval_period: int) -> None:
+    def __init__(self, *, tracking_uri: str, run_id: str, count: int, eval_period: int,
+                 axis: StepAxis | None = None) -> None:
+        self._axis = axis or StepAxis()
         self._tracking_uri = tracking_uri
         self._run_id = run_id
         self._count = count
@@ -49,11 +54,11 @@ class VisualizeHook(HookBase):
     def after_step(self) -> None:
         done = self.trainer.iter + 1
         if self._period > 0 and done % self._period == 0 and done != self.trainer.max_iter:
-            self._safely_visualize(done)
+            self._safely_visualize(self._axis.done(done - 1))
 
     def after_train(self) -> None:
         if self.trainer.iter + 1 >= self.trainer.max_iter:
-            self._safely_visualize(self.trainer.max_iter)
+            self._safely_visualize(self._axis.done(self.trainer.max_iter - 1))
 
     def _safely_visualize(self, step: int) -> None:
         if self._count <= 0 or not self.trainer.cfg.DATASETS.TEST:

@@ -17,6 +17,7 @@ from detectron2.utils.logger import setup_logger
 from orchestrator.data.register import register_datasets
 from orchestrator.job import WorkerJob
 from orchestrator.secrets import redact_urls
+from orchestrator.tracking.steps import StepAxis
 from orchestrator.tracking.writer import BackgroundSender, MLflowWriter, SystemMetricsWriter
 from orchestrator.training.config import build_cfg
 from orchestrator.training.dist import setup_local_process_group
@@ -68,11 +69,19 @@ def _prepare_output(cfg: CfgNode) -> None:
                                                        encoding="utf-8")
 
 
+def _step_axis(job: WorkerJob) -> StepAxis:
+    """MLflow steps at the spec's reference batch, from the batch of the plan in force."""
+    return StepAxis(batch=job.plan.total_batch, reference_batch=job.plan.reference_batch)
+
+
 def _writers(job: WorkerJob, queue: Any, sender: BackgroundSender) -> list[Any]:
-    """Rank 0's tracking writers, all sending from one background thread (order kept)."""
+    """Rank 0's tracking writers, all sending from one background thread (order kept), at
+    steps of the spec's reference batch (the plan in force knows the batch)."""
     uri, run_id = job.tracking_uri, job.run_id
-    writers: list[Any] = [MLflowWriter(tracking_uri=uri, run_id=run_id, sender=sender),
-                          SystemMetricsWriter(tracking_uri=uri, run_id=run_id, sender=sender)]
+    axis = _step_axis(job)
+    writers: list[Any] = [
+        MLflowWriter(tracking_uri=uri, run_id=run_id, axis=axis, sender=sender),
+        SystemMetricsWriter(tracking_uri=uri, run_id=run_id, axis=axis, sender=sender)]
     if queue is not None:
         writers.append(ProgressWriter(queue, job.plan.max_iter, sender))
     return writers
@@ -135,7 +144,8 @@ def _train(job: WorkerJob, cfg: CfgNode, queue: Any, sender: BackgroundSender,
                                   output_dir=cfg.OUTPUT_DIR))
         hooks.append(VisualizeHook(tracking_uri=job.tracking_uri, run_id=job.run_id,
                                    count=cfg.ORCHESTRATOR.VISUALIZE,
-                                   eval_period=cfg.TEST.EVAL_PERIOD))
+                                   eval_period=cfg.TEST.EVAL_PERIOD,
+                                   axis=_step_axis(job)))
     trainer.register_hooks(hooks)
     clock.mark("model and data")
     trainer.resume_or_load(resume=False)

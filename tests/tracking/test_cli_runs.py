@@ -17,11 +17,17 @@ runner = CliRunner()
 def test_runs_import_prints_the_run_id(store: str, workdir: Path) -> None:
     need_reference_logs()
     result = runner.invoke(app, ["runs", "import", str(MMDET_LOG), "--name", "mm",
-                                 "--iters-per-epoch", "7000"])  # default store: ./mlflow.db
+                                 "--iters-per-epoch", "7000", "--batch", "8",
+                                 "--reference-batch", "16"])  # default store: ./mlflow.db
     assert result.exit_code == 0, result.output
-    run = MlflowClient(tracking_uri=store).get_run(result.output.strip())
+    client = MlflowClient(tracking_uri=store)
+    run = client.get_run(result.output.strip())
     assert run.info.run_name == "mm"
     assert run.data.params["iters_per_epoch"] == "7000"
+    assert (run.data.params["total_batch"], run.data.params["reference_batch"]) == ("8", "16")
+    # Epoch 6's evaluation (its record's iter is 7330): 5 x 7000 + 7330 iterations done at
+    # batch 8 are 21165 at the reference batch 16, the last of them step 21164.
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "segm/AP")] == [21164]
 
 
 def test_runs_import_of_bad_content_exits_2_naming_file_and_line(workdir: Path) -> None:

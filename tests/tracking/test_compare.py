@@ -57,6 +57,8 @@ def test_unknown_and_ambiguous_names(store: str) -> None:
 def test_plot_writes_a_png(populated: Populated, tmp_path: Path) -> None:
     comparison = compare_runs([populated.w2, populated.w4, populated.d2, populated.mmdet],
                               tracking_uri=populated.uri)
+    # Imported logs name their reference batch (runs logged without one are left out).
+    assert comparison.reference_batches == {16}
     out = plot_curves(comparison, tmp_path / "plots" / "curves.png")
     assert out.stat().st_size > 0
     with Image.open(out) as image:

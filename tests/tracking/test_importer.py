@@ -34,9 +34,13 @@ def test_detectron2_import_keeps_values_at_their_iterations(populated: Populated
 def test_mmdet_import_maps_names_units_steps_and_environment(populated: Populated) -> None:
     run = MlflowClient(tracking_uri=populated.uri).get_run(populated.mmdet)
     assert run.info.status == "FINISHED"
-    assert history(populated.uri, populated.mmdet, "segm/AP") == [(6 * 7330, 28.3)]
-    assert history(populated.uri, populated.mmdet, "loss_box_reg")[-1] == (11 * 7330 + 7300,
+    # At batch 16 (the default reference, assumed for the log) the step is the 0-based
+    # iteration: MMDetection's iter counts iterations done.
+    assert history(populated.uri, populated.mmdet, "segm/AP") == [(6 * 7330 - 1, 28.3)]
+    assert history(populated.uri, populated.mmdet, "loss_box_reg")[-1] == (11 * 7330 + 7299,
                                                                            0.22557)
+    assert run.data.params["total_batch"] == "16"
+    assert run.data.params["total_batch_source"] == "assumed: the reference batch"
     assert run.data.metrics["mmdet/acc"] == pytest.approx(93.0603)
     assert run.data.params["iters_per_epoch"] == "7330"
     assert run.data.tags["env.MMDetection"] == "1.0rc1+d1c761c"
@@ -63,3 +67,35 @@ def test_names_from_files() -> None:
     assert default_run_name(MMDET_LOG) == "mmdet_mask_rcnn_r50_fpn_1x"
     assert guess_model(Path("condinst-MS_R_50.json")) == "condinst"
     assert guess_model(Path("x.json")) == "unknown"
+
+
+def _small_log(folder: Path, iterations: range) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    log = folder / "metrics.json"
+    log.write_text("".join(json.dumps({"iteration": i, "total_loss": float(i)}) + "\n"
+                           for i in iterations), encoding="utf-8")
+    return log
+
+
+def test_a_detectron2_log_lands_on_the_reference_axis_with_its_config_batch(
+        store: str, workdir: Path) -> None:
+    """config.yaml beside metrics.json (detectron2's output folder) gives the batch: 4 images
+    per iteration at reference 8 makes two iterations a step, the later one's value kept."""
+    log = _small_log(workdir / "out", range(1, 12, 2))  # logged every 2nd iteration
+    (workdir / "out" / "config.yaml").write_text("SOLVER:\n  IMS_PER_BATCH: 4\n",
+                                                 encoding="utf-8")
+    run_id = import_log(log, tracking_uri=store, experiment="e", reference_batch=8)
+    assert history(store, run_id, "total_loss") == [(k, 2.0 * k + 1) for k in range(6)]
+    assert history(store, run_id, "iteration") == [(k, 2.0 * k + 1) for k in range(6)]
+    params = MlflowClient(tracking_uri=store).get_run(run_id).data.params
+    assert params["total_batch"] == "4" and params["reference_batch"] == "8"
+    assert params["total_batch_source"].endswith("config.yaml")
+
+
+def test_the_batch_option_wins_and_several_iterations_per_step_keep_the_last(
+        store: str, workdir: Path) -> None:
+    log = _small_log(workdir / "o", range(8))
+    run_id = import_log(log, tracking_uri=store, experiment="e", batch=2, reference_batch=4)
+    assert history(store, run_id, "total_loss") == [(0, 1.0), (1, 3.0), (2, 5.0), (3, 7.0)]
+    with pytest.raises(InputError, match="--batch must be positive"):
+        import_log(log, tracking_uri=store, experiment="e", batch=0)

@@ -9,6 +9,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from orchestrator.tracking.run import RunTracker
+from orchestrator.tracking.steps import StepAxis
 from orchestrator.tracking.writer import BackgroundSender, MLflowWriter, SystemMetricsWriter
 
 
@@ -123,6 +124,50 @@ def test_writes_between_sends_reach_mlflow_together_each_with_its_own_time(store
     assert [m.step for m in client.get_metric_history(tracker.run_id, "segm/AP")] == [2]
     sender.close()
     tracker.finish("FINISHED")
+
+
+def _train_toy(store: str, axis: StepAxis, iters: int, *, period: int = 1,
+               eval_at: int = -1) -> tuple[MlflowClient, str]:
+    """A toy training of ``iters`` iterations written every ``period`` at ``axis``; an AP is
+    put once, at ``eval_at``."""
+    from detectron2.engine import PeriodicWriter, TrainerBase
+
+    tracker = RunTracker.create(tracking_uri=store, experiment="a", run_name="a", tags={})
+
+    class Toy(TrainerBase):
+        def run_step(self) -> None:
+            self.storage.put_scalar("total_loss", float(self.iter))
+            if self.iter == eval_at:
+                self.storage.put_scalar("segm/AP", 40.0, smoothing_hint=False)
+
+    trainer = Toy()
+    writer = MLflowWriter(tracking_uri=store, run_id=tracker.run_id, window_size=1, axis=axis)
+    trainer.register_hooks([PeriodicWriter([writer], period=period)])
+    trainer.train(0, iters)
+    return MlflowClient(tracking_uri=store), tracker.run_id
+
+
+def _points(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, float]]:
+    return [(m.step, m.value) for m in client.get_metric_history(run_id, key)]
+
+
+def test_below_the_reference_batch_each_step_gets_its_last_value(store: str) -> None:
+    """Batch 1 at reference 2: iterations 2k and 2k+1 share step k; the later one's loss is
+    logged there, once, and the real iteration goes beside it."""
+    client, run_id = _train_toy(store, StepAxis(batch=1, reference_batch=2), 9, eval_at=4)
+    assert _points(client, run_id, "total_loss") == [(k, 2.0 * k + 1) for k in range(4)] + [
+        (4, 8.0)]  # the 9th iteration ends the run halfway through step 4: logged on close
+    assert _points(client, run_id, "iteration") == [(k, 2.0 * k + 1) for k in range(4)] + [
+        (4, 8.0)]
+    assert _points(client, run_id, "images_seen")[-1] == (4, 9.0)
+    # Put once at iteration 4 (not the last of step 2): held, then logged once, at step 2.
+    assert _points(client, run_id, "segm/AP") == [(2, 40.0)]
+
+
+def test_above_the_reference_batch_steps_jump(store: str) -> None:
+    client, run_id = _train_toy(store, StepAxis(batch=4, reference_batch=2), 4, period=2)
+    assert _points(client, run_id, "total_loss") == [(3, 1.0), (7, 3.0)]
+    assert _points(client, run_id, "iteration") == [(3, 1.0), (7, 3.0)]
 
 
 def test_system_metrics_are_sampled_once_per_period(store: str) -> None:

@@ -13,7 +13,7 @@ from orchestrator.job import WorkerJob
 from orchestrator.launch.prepared import prepare
 from orchestrator.plan import make_plan
 from orchestrator.spec import parse_spec
-from orchestrator.training.elastic import equivalent_iteration, plan_for_world
+from orchestrator.training.elastic import equivalent_iteration, log_plan, plan_for_world
 from tests.conftest import TINY_JOB
 
 
@@ -53,6 +53,23 @@ def test_plan_for_world_recomputes_batch_lr_and_schedule(workdir: Path) -> None:
     assert (smaller.plan.workers, smaller.plan.total_batch) == (2, 2)
     assert smaller.plan.base_lr == pytest.approx(job.plan.base_lr / 2)
     assert smaller.plan.max_iter == 2 * job.plan.max_iter
+
+
+def test_a_new_plan_is_logged_at_the_reference_step_where_it_starts(workdir: Path) -> None:
+    """Batch 2 at reference 4: iteration 10 is the first of step 5 (22 images seen)."""
+    from dataclasses import replace
+
+    from mlflow.tracking import MlflowClient
+
+    from orchestrator.tracking.run import RunTracker
+
+    uri = f"sqlite:///{workdir / 'mlflow.db'}"
+    tracker = RunTracker.create(tracking_uri=uri, experiment="e", run_name="p", tags={})
+    job = replace(plan_for_world(_job(workdir, 4), 2), run_id=tracker.run_id, tracking_uri=uri)
+    log_plan(job, 10)
+    history = MlflowClient(tracking_uri=uri).get_metric_history(tracker.run_id, "plan/workers")
+    assert [(m.step, m.value) for m in history] == [(5, 2.0)]
+    tracker.finish("FINISHED")
 
 
 def test_a_checkpoint_from_a_larger_batch_resumes_at_the_same_images(workdir: Path) -> None:

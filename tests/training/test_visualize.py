@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from orchestrator.tracking.steps import StepAxis
 from orchestrator.training.visualize import VisualizeHook, image_key
 from tests.inference.demo import MAX_ITER, VISUALIZE, demo_run
 
@@ -33,9 +34,9 @@ class RecordingHook(VisualizeHook):
     """The real schedule and error handling; drawing replaced by recording (or failing)."""
 
     def __init__(self, period: int, max_iter: int, test: tuple[str, ...],
-                 error: Exception | None = None) -> None:
+                 error: Exception | None = None, axis: StepAxis | None = None) -> None:
         super().__init__(tracking_uri="sqlite:///unused.db", run_id="r", count=2,
-                         eval_period=period)
+                         eval_period=period, axis=axis)
         self.steps: list[int] = []
         self.error = error
         self.trainer = SimpleNamespace(
@@ -61,6 +62,13 @@ def test_images_follow_the_evaluation_schedule() -> None:
     hook = RecordingHook(period=0, max_iter=10, test=())
     _train(hook, 10)
     assert hook.steps == []  # no test set: no evaluation, no images
+
+
+def test_images_are_stepped_in_iterations_at_the_reference_batch() -> None:
+    hook = RecordingHook(period=4, max_iter=10, test=("val",),
+                         axis=StepAxis(batch=4, reference_batch=2))
+    _train(hook, 10)
+    assert hook.steps == [8, 16, 20]  # twice the iterations done: batch 4 at reference 2
 
 
 def test_a_failure_is_logged_and_training_goes_on(caplog: pytest.LogCaptureFixture) -> None:
