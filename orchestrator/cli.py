@@ -724,7 +724,8 @@ def cluster_preempt(
                       f"{kill_at - time.time():.0f} s")
 
     count = preempt_node(state, name, deadline, on_drained=drained)
-    console.print(f"preempted {name}: {count} processes killed")
+    console.print(f"preempted {name}: {count} processes killed" if count else
+                  f"preempted {name}: it had shut down already (drained and idle)")
 
 
 team_app = typer.Typer(help="The team setup on 127.0.0.1, to rehearse it: an S3 API server, "

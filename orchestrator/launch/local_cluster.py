@@ -223,9 +223,10 @@ def _update_state(path: Path, state: dict[str, Any]) -> None:
         _write_state(path, state)
 
 
-def kill_node(path: Path, name: str) -> int:
+def kill_node(path: Path, name: str, *, gone_ok: bool = False) -> int:
     """SIGKILL every process of node ``name`` at once (a machine lost) and mark it killed in
-    the state file; returns how many processes. A node killed already is bad input."""
+    the state file; returns how many processes. A node killed already is bad input, unless
+    ``gone_ok`` (a drained node's raylet exits by itself once it is idle)."""
     with locked(_lock(path)):
         state = read_state(path)
         nodes = {n["name"]: n for n in state["nodes"]}
@@ -236,6 +237,8 @@ def kill_node(path: Path, name: str) -> int:
         if nodes[name].get("killed") or not pids:
             nodes[name]["killed"] = True
             _write_state(path, state)
+            if gone_ok:
+                return 0
             raise InputError(f"{name}: killed already (nodes up: {', '.join(alive) or 'none'})")
         _signal_all(pids, signal.SIGKILL)
         nodes[name]["killed"] = True
@@ -285,7 +288,9 @@ def preempt_node(path: Path, name: str, deadline_s: int,
     if on_drained is not None:
         on_drained(kill_at)
     time.sleep(max(0.0, kill_at - time.time()))
-    return kill_node(path, name)
+    # Ray Train restarts the group at the deadline, and a drained raylet left idle exits:
+    # the node may be gone already.
+    return kill_node(path, name, gone_ok=True)
 
 
 def serve(nodes: int, *, cpus_per_node: float, state_path: Path,

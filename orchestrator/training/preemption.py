@@ -145,10 +145,12 @@ class PreemptionHook(HookBase):
     then not saved twice. ``asked_s`` keeps the seconds each ask took (the barrier's cost)."""
 
     def __init__(self, checkpoint: RayCheckpointHook, *, every: int,
-                 record: Callable[[Any, int], None] | None = None) -> None:
+                 record: Callable[[Any, int], None] | None = None,
+                 flush: Callable[[], None] | None = None) -> None:
         self._checkpoint = checkpoint
         self._every = every
         self._record = record
+        self._flush = flush  # rank 0's buffered metrics: the group is killed, not ended
         self.asked_s: list[float] = []
 
     def before_train(self) -> None:
@@ -180,11 +182,13 @@ class PreemptionHook(HookBase):
                        "checkpoint at iteration %d; waiting for the reclaim",
                        ", ".join(info.preempted_node_ids), info.preempted_ranks,
                        _deadline_text(info.deadline_ms), saved)
-        if self._record is not None and comm.is_main_process():
-            try:
+        try:
+            if self._record is not None and comm.is_main_process():
                 self._record(info, saved)
-            except Exception:  # noqa: BLE001 - the checkpoint matters, the tag less
-                logger.warning("could not record the preemption in MLflow", exc_info=True)
+            if self._flush is not None:
+                self._flush()
+        except Exception:  # noqa: BLE001 - the checkpoint matters, the metrics less
+            logger.warning("could not record the preemption in MLflow", exc_info=True)
         _wait_for_reclaim(info.deadline_ms)
 
     def _terminate(self) -> None:

@@ -131,7 +131,7 @@ def _train(job: WorkerJob, cfg: CfgNode, queue: Any, sender: BackgroundSender,
     )
     hooks: list[Any] = [watch] if watch is not None else []  # first: its after_train too
     checkpoints = RayCheckpointHook(cfg.SOLVER.CHECKPOINT_PERIOD, output_dir=cfg.OUTPUT_DIR)
-    hooks += [checkpoints, _preemption_hook(job, checkpoints, main)]
+    hooks += [checkpoints, _preemption_hook(job, checkpoints, writers)]
     if main:
         hooks.append(ArtifactHook(tracking_uri=job.tracking_uri, run_id=job.run_id,
                                   output_dir=cfg.OUTPUT_DIR))
@@ -156,11 +156,19 @@ def _train(job: WorkerJob, cfg: CfgNode, queue: Any, sender: BackgroundSender,
 
 
 def _preemption_hook(job: WorkerJob, checkpoints: RayCheckpointHook,
-                     main: bool) -> PreemptionHook:
-    """On in every run: a preemption or a SIGTERM can reach any worker of any launcher."""
-    record = preemption_recorder(job.tracking_uri, job.run_id) if main else None
+                     writers: list[Any]) -> PreemptionHook:
+    """On in every run: a preemption or a SIGTERM can reach any worker of any launcher.
+    Rank 0 (the one with ``writers``) records it and, before waiting for the reclaim, sends
+    the metrics its MLflow writer holds back (it sends every few seconds)."""
+    mlflow_writers = [w for w in writers if isinstance(w, MLflowWriter)]
+
+    def flush() -> None:
+        for writer in mlflow_writers:
+            writer.close()  # sends what is pending; the sender is shared and keeps running
+
+    record = preemption_recorder(job.tracking_uri, job.run_id) if writers else None
     return PreemptionHook(checkpoints, every=job.spec.run.preemption_check_every,
-                          record=record)
+                          record=record, flush=flush)
 
 
 def _profiled(train: Any) -> None:
