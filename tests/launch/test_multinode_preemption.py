@@ -105,4 +105,4 @@ def test_sigterm_to_a_worker_saves_a_checkpoint_and_the_run_resumes_from_it(
     saved = [int(m) for m in re.findall(r"SIGTERM: checkpoint at iteration (\d+) saved", logs)]
     # every rank says it; the checkpoint is the one of the step in progress at the signal
     assert saved and len(set(saved)) == 1 and saved[0] >= termed_at, (saved, termed_at)
-    assert restored_at(logs) == [saved[0]]
+    assert set(restored_at(logs)) == {saved[0]}  # each rank of the restarted group says it
