@@ -187,12 +187,14 @@ def preemption(tmp: Path, deadline_s: int = 20) -> None:
         run = Run(tmp / "preemption", cluster, 40, "resources.workers=[1,2]",
                   "run.max_failures=0", "run.preemption_check_every=1")
         wait_for(lambda: run.last_step() >= 5)
-        drained_at = time.time()
-        preempt_node(cluster.state_path, "worker-1", deadline_s)
+        asked_at, accepted = time.time(), []
+        # the kill is at the deadline counted from the GCS accepting the drain
+        preempt_node(cluster.state_path, "worker-1", deadline_s,
+                     on_drained=lambda kill_at: accepted.append(kill_at - deadline_s))
         killed_at = time.time()
         run.wait()
-    print(f"preemption: {preemption_summary(run, drained_at, killed_at)}; {run.summary(79)}",
-          flush=True)
+    print(f"preemption: `ray drain-node` answered in {accepted[0] - asked_at:.1f} s; "
+          f"{preemption_summary(run, accepted[0], killed_at)}; {run.summary(79)}", flush=True)
 
 
 def preemption_summary(run: Run, drained_at: float, killed_at: float) -> str:
