@@ -8,9 +8,12 @@
 - grow: a [1, 2] job on one node, a node added mid-run: workers before/after, seconds from the
   node joining to the first iteration of the bigger group;
 - hang: rank 1 SIGSTOPped inside training (run.collective_timeout_s=30): seconds from SIGSTOP
-  to the next logged iteration after the restart.
+  to the next logged iteration after the restart;
+- preemption: a [1, 2] job whose second node is drained for preemption with a 20 s deadline
+  and SIGKILLed at it (``cluster preempt``): seconds from the drain request to the checkpoint,
+  from the node's death to the next logged iteration, iterations redone.
 
-    .venv/bin/python bench/multinode.py [--scenarios throughput,node-loss,grow,hang]
+    .venv/bin/python bench/multinode.py [--scenarios throughput,node-loss,grow,hang,preemption]
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from orchestrator.launch.local_cluster import NODE_ENV, ClusterProcess  # noqa: E402
+from orchestrator.launch.local_cluster import NODE_ENV, ClusterProcess, preempt_node  # noqa: E402
 from orchestrator.launch.waiting import wait_until  # noqa: E402
 
 JOB = f"""
@@ -181,7 +184,38 @@ def hang(tmp: Path) -> None:
           f"logged iteration (collective timeout 30 s); {run.summary(15)}", flush=True)
 
 
-SCENARIOS = {"throughput": throughput, "node-loss": node_loss, "grow": grow, "hang": hang}
+def preemption(tmp: Path, deadline_s: int = 20) -> None:
+    with ClusterProcess.start(2, state_path=tmp / "preempt.json") as cluster:
+        run = Run(tmp / "preemption", cluster, 40, "resources.workers=[1,2]",
+                  "run.max_failures=0", "run.preemption_check_every=1")
+        wait_for(lambda: run.last_step() >= 5)
+        asked_at, accepted = time.time(), []
+        # the kill is at the deadline counted from the GCS accepting the drain
+        preempt_node(cluster.state_path, "worker-1", deadline_s,
+                     on_drained=lambda kill_at: accepted.append(kill_at - deadline_s))
+        killed_at = time.time()
+        run.wait()
+    print(f"preemption: `ray drain-node` answered in {accepted[0] - asked_at:.1f} s; "
+          f"{preemption_summary(run, accepted[0], killed_at)}; {run.summary(79)}", flush=True)
+
+
+def preemption_summary(run: Run, drained_at: float, killed_at: float) -> str:
+    """Seconds from the drain to the checkpoint (the ``preemption/iteration`` mark), from the
+    kill to the next iteration, and how many iterations were trained twice: steps after the
+    checkpoint at the old batch (a restart resumes from the checkpoint, so those are redone)."""
+    saved = run.history("preemption/iteration")
+    if not saved:
+        return "no preemption checkpoint"
+    at, _, saved_s = saved[0]
+    before = [s for s, _, t in run.history("total_loss") if t < killed_at]
+    redone = len([s for s in before if s > at])
+    return (f"{saved_s - drained_at:.1f} s from the drain request to the checkpoint (iteration "
+            f"{at}, deadline {killed_at - drained_at:.0f} s), {next_step_after(run, killed_at):.1f}"
+            f" s from the node's death to the next logged iteration, iterations redone: {redone}")
+
+
+SCENARIOS = {"throughput": throughput, "node-loss": node_loss, "grow": grow, "hang": hang,
+             "preemption": preemption}
 
 
 def main() -> None:

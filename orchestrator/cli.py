@@ -711,6 +711,30 @@ def cluster_kill_node(
     console.print(f"killed {name}: {count} processes")
 
 
+@cluster_app.command("preempt")
+@_exits
+def cluster_preempt(
+    name: Annotated[str, typer.Argument(help="Node name as `cluster up` recorded it, e.g. "
+                                        "worker-1.")],
+    deadline: Annotated[int, typer.Option(
+        min=1, help="Seconds from the notice to the kill (a spot reclaim gives 30-120).")] = 30,
+    state: ClusterState = _CLUSTER_STATE,
+) -> None:
+    """Rehearse a spot reclaim: ask Ray's GCS to drain NAME for preemption with a deadline
+    (what an autoscaler asks), then SIGKILL every process of it when the deadline passes."""
+    import time
+
+    from orchestrator.launch.local_cluster import preempt_node
+
+    def drained(kill_at: float) -> None:
+        console.print(f"draining {name} for preemption; killing it in "
+                      f"{kill_at - time.time():.0f} s")
+
+    count = preempt_node(state, name, deadline, on_drained=drained)
+    console.print(f"preempted {name}: {count} processes killed" if count else
+                  f"preempted {name}: it had shut down already (drained and idle)")
+
+
 team_app = typer.Typer(help="The team setup on 127.0.0.1, to rehearse it: an S3 API server, "
                        "PostgreSQL, and an MLflow server on both (artifacts in the bucket).",
                        no_args_is_help=True)

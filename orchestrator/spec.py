@@ -299,6 +299,14 @@ class RunSpec(_Strict):
     )
     output_dir: str = Field(".orchestrator/output", description="Per-run detectron2 OUTPUT_DIR.")
     max_failures: NonNegativeInt = Field(0, description="Worker-group restarts on failure.")
+    max_preemptions: int = Field(
+        -1, ge=-1, description="Worker-group restarts after a node preemption, counted apart "
+        "from max_failures; -1: unlimited."
+    )
+    preemption_check_every: PositiveInt = Field(
+        10, description="Iterations between asks for a preemption notice or a SIGTERM (a "
+        "barrier across ranks, a few ms): the notice waits at most this many iterations."
+    )
     resume: bool = False
     num_cpus: Amount | None = Field(
         None, gt=0, description="CPUs of the embedded Ray (default: enough for the workers)."

@@ -175,3 +175,16 @@ def test_a_bad_sweep_fails_at_load_naming_the_combination() -> None:
     doc["sweep"] = {"resources.workers": []}
     with pytest.raises(InputError, match="sweep.resources.workers"):
         parse_spec(doc)
+
+
+def test_preemptions_are_unlimited_by_default_and_checked_every_few_iterations() -> None:
+    run = parse_spec(raw()).run
+    assert run.max_preemptions == -1 and run.preemption_check_every == 10
+    assert apply_overrides(raw(), ["run.max_preemptions=3"])["run"]["max_preemptions"] == 3
+
+
+@pytest.mark.parametrize("override", ["run.max_preemptions=-2", "run.max_preemptions=1.5",
+                                      "run.preemption_check_every=0"])
+def test_preemption_settings_out_of_range_name_their_field(override: str) -> None:
+    with pytest.raises(InputError, match=override.split("=")[0].split(".")[1]):
+        parse_spec(apply_overrides(raw(), [override]))

@@ -114,8 +114,18 @@ def train_loop(config: dict[str, Any]) -> None:
     train_loop_per_worker(config, entered=entered)
 
 
+def _failure_config(job: WorkerJob) -> Any:
+    """Failures and preemptions have budgets of their own: a spot reclaim is not a bug, so
+    ``run.max_failures: 0`` still survives it (``run.max_preemptions``, -1: unlimited)."""
+    from ray.train import FailureConfig
+
+    return FailureConfig(  # type: ignore[call-arg]  # Train V2's, Ray 2.60
+        max_failures=job.spec.run.max_failures,
+        max_preemption_failures=job.spec.run.max_preemptions)
+
+
 def _trainer(job: WorkerJob, queue: Any, board: Any = None) -> Any:
-    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     res = job.spec.resources
@@ -130,7 +140,7 @@ def _trainer(job: WorkerJob, queue: Any, board: Any = None) -> Any:
             use_gpu=res.gpus_per_worker > 0, resources_per_worker=resources,
             elastic_resize_monitor_interval_s=job.spec.run.elastic_resize_check_s),
         run_config=RunConfig(name=ray_run_name(job), storage_path=job.spec.run.storage_path,
-                             failure_config=FailureConfig(max_failures=job.spec.run.max_failures)),
+                             failure_config=_failure_config(job)),
         torch_config=TorchConfig(backend=job.plan.backend,
                                  timeout_s=job.spec.run.collective_timeout_s),
     )

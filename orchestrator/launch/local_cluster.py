@@ -29,8 +29,9 @@ from typing import Any
 from orchestrator.errors import InputError, JobFailedError
 from orchestrator.integrity import locked
 
-__all__ = ["ClusterProcess", "LocalCluster", "check_arguments", "free_port", "kill_node",
-           "node_processes", "read_state", "serve", "stop_from_state"]
+__all__ = ["ClusterProcess", "LocalCluster", "check_arguments", "drain_for_preemption",
+           "free_port", "kill_node", "node_processes", "preempt_node", "read_state", "serve",
+           "stop_from_state"]
 
 LOCALHOST = "127.0.0.1"
 # For the nodes and every process that joins them: quiet, no token auth (the cluster listens
@@ -222,9 +223,10 @@ def _update_state(path: Path, state: dict[str, Any]) -> None:
         _write_state(path, state)
 
 
-def kill_node(path: Path, name: str) -> int:
+def kill_node(path: Path, name: str, *, gone_ok: bool = False) -> int:
     """SIGKILL every process of node ``name`` at once (a machine lost) and mark it killed in
-    the state file; returns how many processes. A node killed already is bad input."""
+    the state file; returns how many processes. A node killed already is bad input, unless
+    ``gone_ok`` (a drained node's raylet exits by itself once it is idle)."""
     with locked(_lock(path)):
         state = read_state(path)
         nodes = {n["name"]: n for n in state["nodes"]}
@@ -235,11 +237,60 @@ def kill_node(path: Path, name: str) -> int:
         if nodes[name].get("killed") or not pids:
             nodes[name]["killed"] = True
             _write_state(path, state)
+            if gone_ok:
+                return 0
             raise InputError(f"{name}: killed already (nodes up: {', '.join(alive) or 'none'})")
         _signal_all(pids, signal.SIGKILL)
         nodes[name]["killed"] = True
         _write_state(path, state)
     return len(pids)
+
+
+def _living_node(path: Path, name: str) -> dict[str, Any]:
+    """The state file's record of node ``name``; an unknown or killed node is bad input."""
+    state = read_state(path)
+    nodes = {n["name"]: n for n in state["nodes"]}
+    if name not in nodes:
+        raise InputError(f"{name}: no such node (nodes: {', '.join(nodes)})")
+    if nodes[name].get("killed") or not node_processes(nodes[name]["pids"]):
+        raise InputError(f"{name}: killed already")
+    return {**nodes[name], "gcs_address": state["gcs_address"]}
+
+
+def drain_for_preemption(gcs_address: str, node_id: str, deadline_s: int) -> None:
+    """Ask the GCS to drain a node for preemption with a deadline, as a cloud autoscaler does
+    when a spot machine is reclaimed: Ray stops placing work there, and Ray Train's watcher
+    tells the training function (``ray.train.get_preemption_info``). Through ``ray
+    drain-node``, Ray's public way to make that request."""
+    ray_cli = Path(sys.executable).with_name("ray")
+    cmd = [str(ray_cli), "drain-node", f"--address={gcs_address}", f"--node-id={node_id}",
+           "--reason=DRAIN_NODE_REASON_PREEMPTION",
+           "--reason-message=orchestrator cluster preempt (rehearsed spot reclaim)",
+           f"--deadline-remaining-seconds={deadline_s}"]
+    done = subprocess.run(cmd, env={**os.environ, **NODE_ENV}, capture_output=True, text=True,
+                          check=False)
+    if done.returncode != 0:
+        raise JobFailedError(f"ray drain-node refused: {(done.stderr or done.stdout).strip()}")
+
+
+def preempt_node(path: Path, name: str, deadline_s: int,
+                 on_drained: Callable[[float], None] | None = None,
+                 drain: Callable[[str, str, int], None] = drain_for_preemption) -> int:
+    """Node ``name`` drained for preemption now and killed (as ``kill_node``) ``deadline_s``
+    seconds later: a spot reclaim with its notice. ``on_drained`` gets the kill's time (epoch
+    seconds); ``drain`` makes the request (tests pass their own). Returns how many processes
+    were killed."""
+    if deadline_s < 1:
+        raise InputError(f"--deadline: {deadline_s} s leaves no time to save; give 1 or more")
+    node = _living_node(path, name)
+    drain(node["gcs_address"], node["node_id"], deadline_s)
+    kill_at = time.time() + deadline_s
+    if on_drained is not None:
+        on_drained(kill_at)
+    time.sleep(max(0.0, kill_at - time.time()))
+    # Ray Train restarts the group at the deadline, and a drained raylet left idle exits:
+    # the node may be gone already.
+    return kill_node(path, name, gone_ok=True)
 
 
 def serve(nodes: int, *, cpus_per_node: float, state_path: Path,

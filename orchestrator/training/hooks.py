@@ -174,6 +174,7 @@ class RayCheckpointHook(HookBase):
         self._period = period
         self._output = Path(output_dir) if output_dir else None
         self.blocked_s: list[float] = []  # rank 0: seconds training waited per checkpoint
+        self.saved_iter: int | None = None  # the iteration of the last checkpoint reported
 
     def before_train(self) -> None:
         if self._output is not None and comm.is_main_process():
@@ -185,15 +186,26 @@ class RayCheckpointHook(HookBase):
         if done % self._period == 0 or done >= self.trainer.max_iter:
             self._report(self.trainer.iter, final=done >= self.trainer.max_iter)
 
+    def save_now(self, *, wait_upload: bool = False) -> int:
+        """A checkpoint of the iteration just finished, out of period (a preemption notice,
+        a SIGTERM), through the same save and report as the periodic ones, so a restart
+        resumes from it exactly. Every rank must call it (``ray.train.report`` is a barrier).
+        ``wait_upload``: return only once it is in ``run.storage_path`` (the worker is about
+        to exit). Returns the iteration saved; one saved already is not saved again."""
+        if self.saved_iter != self.trainer.iter:
+            self._report(self.trainer.iter, final=False, wait_upload=wait_upload)
+        return self.trainer.iter
+
     def after_train(self) -> None:
         if self._output is not None and comm.is_main_process():
             with contextlib.suppress(OSError):  # still uploading: Ray empties it soon
                 (self._output / STAGING_DIR).rmdir()
 
-    def _report(self, iteration: int, *, final: bool) -> None:
+    def _report(self, iteration: int, *, final: bool, wait_upload: bool = False) -> None:
         import ray.train
 
         metrics = {"iteration": iteration}
+        self.saved_iter = iteration
         if not comm.is_main_process():
             ray.train.report(metrics)
             return
@@ -208,9 +220,10 @@ class RayCheckpointHook(HookBase):
         if final and self._output is not None:
             _link_or_copy(folder / CHECKPOINT_FILE, self._output / "model_final.pth")
         saved = time.perf_counter()
+        mode = ray.train.CheckpointUploadMode
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(folder)),
                          checkpoint_dir_name=f"iter_{iteration:07d}",
-                         checkpoint_upload_mode=ray.train.CheckpointUploadMode.ASYNC,
+                         checkpoint_upload_mode=mode.SYNC if wait_upload else mode.ASYNC,
                          delete_local_checkpoint_after_upload=True)
         self.blocked_s.append(time.perf_counter() - start)
         # The split says whether a slow checkpoint is the disk (save) or the ranks' barrier.

@@ -30,6 +30,7 @@ from orchestrator.training.hooks import (
     RayCheckpointHook,
     restore_from_ray,
 )
+from orchestrator.training.preemption import PreemptionHook, preemption_recorder
 from orchestrator.training.startup import StartupClock
 from orchestrator.training.trainer import Trainer, mlflow_eval_error_recorder
 from orchestrator.training.visualize import VisualizeHook
@@ -138,7 +139,8 @@ def _train(job: WorkerJob, cfg: CfgNode, queue: Any, sender: BackgroundSender,
         on_eval_progress=progress.write_eval if progress is not None else None,
     )
     hooks: list[Any] = [watch] if watch is not None else []  # first: its after_train too
-    hooks += [RayCheckpointHook(cfg.SOLVER.CHECKPOINT_PERIOD, output_dir=cfg.OUTPUT_DIR)]
+    checkpoints = RayCheckpointHook(cfg.SOLVER.CHECKPOINT_PERIOD, output_dir=cfg.OUTPUT_DIR)
+    hooks += [checkpoints, _preemption_hook(job, checkpoints, writers)]
     if main:
         hooks.append(ArtifactHook(tracking_uri=job.tracking_uri, run_id=job.run_id,
                                   output_dir=cfg.OUTPUT_DIR))
@@ -161,6 +163,22 @@ def _train(job: WorkerJob, cfg: CfgNode, queue: Any, sender: BackgroundSender,
         start_iter = trainer.start_iter
         sender.put(lambda: log_plan(job, start_iter))
     _profiled(trainer.train)
+
+
+def _preemption_hook(job: WorkerJob, checkpoints: RayCheckpointHook,
+                     writers: list[Any]) -> PreemptionHook:
+    """On in every run: a preemption or a SIGTERM can reach any worker of any launcher.
+    Rank 0 (the one with ``writers``) records it and, before waiting for the reclaim, sends
+    the metrics its MLflow writer holds back (it sends every few seconds)."""
+    mlflow_writers = [w for w in writers if isinstance(w, MLflowWriter)]
+
+    def flush() -> None:
+        for writer in mlflow_writers:
+            writer.close()  # sends what is pending; the sender is shared and keeps running
+
+    record = preemption_recorder(job.tracking_uri, job.run_id) if writers else None
+    return PreemptionHook(checkpoints, every=job.spec.run.preemption_check_every,
+                          record=record, flush=flush)
 
 
 def _profiled(train: Any) -> None:

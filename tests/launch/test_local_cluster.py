@@ -14,7 +14,12 @@ from typer.testing import CliRunner
 
 from orchestrator.cli import app
 from orchestrator.errors import InputError
-from orchestrator.launch.local_cluster import ClusterProcess, node_processes, stop_from_state
+from orchestrator.launch.local_cluster import (
+    ClusterProcess,
+    node_processes,
+    preempt_node,
+    stop_from_state,
+)
 
 
 def test_a_node_is_its_processes_and_all_their_descendants() -> None:
@@ -106,3 +111,40 @@ def test_a_real_cluster_in_a_fresh_folder_and_a_worker_killed_twice(workdir: Pat
         down = _cli("cluster", "down", cwd=workdir)
     assert down.returncode == 0, down.stdout + down.stderr
     assert not state.exists()
+
+
+@pytest.mark.parametrize(("args", "named"), [
+    (["worker-1", "--deadline", "0"], "--deadline"), (["worker-9"], "no such node"),
+    (["head", "--deadline", "x"], "--deadline"), ([], "Missing argument")])
+def test_preempt_refuses_bad_arguments_before_any_drain(
+        workdir: Path, args: list[str], named: str) -> None:
+    state = workdir / "state.json"
+    state.write_text(json.dumps({"supervisor": 0, "temp_dir": "", "gcs_address": "x:1",
+                                 "nodes": [{"name": "head", "pids": [os.getpid()]}]}))
+    result = CliRunner().invoke(app, ["cluster", "preempt", *args, "--state", str(state)])
+    assert result.exit_code == 2, result.output
+    assert named in result.output
+
+
+def test_preempt_drains_with_the_deadline_then_kills_the_node_when_it_passes(
+        workdir: Path) -> None:
+    node = subprocess.Popen(["sh", "-c", "sleep 60 & wait"])
+    state = workdir / "state.json"
+    state.write_text(json.dumps({"supervisor": 0, "temp_dir": "", "gcs_address": "gcs:1",
+                                 "nodes": [{"name": "head", "pids": [os.getpid()]},
+                                           {"name": "worker-1", "pids": [node.pid],
+                                            "node_id": "abc"}]}))
+    drains: list[tuple[str, str, int, float]] = []
+    try:
+        start = time.monotonic()
+        count = preempt_node(state, "worker-1", 1, drain=lambda gcs, node_id, deadline:
+                             drains.append((gcs, node_id, deadline, time.monotonic())))
+        assert count == 2 and time.monotonic() - start >= 1
+        assert [d[:3] for d in drains] == [("gcs:1", "abc", 1)] and drains[0][3] - start < 1
+        assert node.wait(timeout=10) == -signal.SIGKILL
+        with pytest.raises(InputError, match="killed already"):
+            preempt_node(state, "worker-1", 1, drain=lambda *a: drains.append(a))
+        assert len(drains) == 1
+    finally:
+        node.kill()
+        node.wait()
