@@ -196,7 +196,7 @@ def preemption(tmp: Path, deadline_s: int = 20) -> None:
         killed_at = time.time()
         run.wait()
     print(f"preemption: `ray drain-node` answered in {accepted[0] - asked_at:.1f} s; "
-          f"{preemption_summary(run, accepted[0], killed_at)}; {run.summary(79)}", flush=True)
+          f"{preemption_summary(run, accepted[0], killed_at)}; {run.summary(39)}", flush=True)
 
 
 def preemption_summary(run: Run, drained_at: float, killed_at: float) -> str:
