@@ -107,9 +107,11 @@ def test_import_and_compare_with_a_plot(trained: Trained, team_tracking: Server,
                                         tmp_path: Path) -> None:
     """The job's own detectron2 metrics.json, imported as a run, beside the trained run."""
     assert trained.returncode == 0, trained.output
+    # The job's batch (1 worker x 2) and reference batch (2): the same step axis as the run.
     imported = runner.invoke(app, ["runs", "import", str(trained.metrics_json), "--name",
                                    "team-imported", "--experiment", EXPERIMENT,
-                                   "--tracking-uri", team_tracking.url])
+                                   "--tracking-uri", team_tracking.url,
+                                   "--batch", "2", "--reference-batch", "2"])
     assert imported.exit_code == 0, imported.output
     run_id = imported.output.strip().splitlines()[-1]
     client = MlflowClient(team_tracking.url)
@@ -185,7 +187,8 @@ def test_the_ui_compare_page_of_the_team_server(trained: Trained, team_tracking:
     assert trained.returncode == 0, trained.output
     browser = need_chromium()
     imported = import_log(trained.metrics_json, tracking_uri=team_tracking.url,
-                          experiment=EXPERIMENT, run_name="team-ui-imported")
+                          experiment=EXPERIMENT, run_name="team-ui-imported", batch=2,
+                          reference_batch=2)
     client = MlflowClient(team_tracking.url)
     run = client.get_run(trained.run_id)
     url = compare_url(team_tracking.url, [trained.run_id, imported], [run.info.experiment_id])
