@@ -270,6 +270,7 @@ def _renumber_annotations(annotations: list[dict[str, Any]], changes: list[Chang
 
 def write_json_atomic(path: Path, document: Any) -> None:
     """Write to a temporary file in the same directory, fsync, then ``os.replace``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:

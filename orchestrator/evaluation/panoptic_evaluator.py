@@ -21,8 +21,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +35,7 @@ from detectron2.utils import comm
 from PIL import Image
 from tabulate import tabulate
 
+from orchestrator.data.fix import write_json_atomic
 from orchestrator.data.panoptic import (
     IGNORE_LABEL,
     read_panoptic_png,
@@ -46,7 +45,7 @@ from orchestrator.data.panoptic import (
 from orchestrator.evaluation.panoptic_quality import PanopticQuality, SemanticIoU
 
 __all__ = ["PanopticEvaluator", "is_panoptic", "panoptic_annotation", "segment_extents",
-           "write_json_atomic", "PREDICTIONS_JSON", "PREDICTIONS_DIR"]
+           "PREDICTIONS_JSON", "PREDICTIONS_DIR"]
 
 logger = logging.getLogger(__name__)
 
@@ -110,16 +109,6 @@ def panoptic_annotation(image_id: int, file_name: str, ids: npt.ArrayLike, segme
              "area": extents[int(s["id"])][0], "bbox": extents[int(s["id"])][1]}
             for s in segments if int(s["id"]) in extents]
     return {"image_id": image_id, "file_name": file_name, "segments_info": info}
-
-
-def write_json_atomic(path: Path, document: Any) -> None:
-    """Write ``document`` to a temporary file beside ``path``, then rename: readers see the
-    old file or the whole new one, never half of it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.",
-                                     suffix=".tmp", delete=False, encoding="utf-8") as out:
-        json.dump(document, out)
-    os.replace(out.name, path)
 
 
 def _to_numpy(value: Any) -> npt.NDArray[Any]:

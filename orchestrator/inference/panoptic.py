@@ -27,8 +27,9 @@ from detectron2.config import CfgNode
 from detectron2.utils.colormap import colormap
 from detectron2.utils.visualizer import Visualizer
 
+from orchestrator.data.fix import write_json_atomic
 from orchestrator.data.panoptic import write_panoptic_png
-from orchestrator.evaluation.panoptic_evaluator import panoptic_annotation, write_json_atomic
+from orchestrator.evaluation.panoptic_evaluator import panoptic_annotation
 
 __all__ = ["PANOPTIC_DIR", "PANOPTIC_FILE", "PanopticExport", "PanopticOutput",
            "draw_stuff", "num_thing_classes", "panoptic_of", "stuff_label"]

@@ -20,8 +20,8 @@ import numpy as np
 from detectron2.config import CfgNode
 from PIL import Image
 
+from orchestrator.data.fix import write_json_atomic
 from orchestrator.errors import InputError
-from orchestrator.evaluation.panoptic_evaluator import write_json_atomic
 from orchestrator.inference.draw import draw_records
 from orchestrator.inference.loading import LoadedRun
 from orchestrator.inference.panoptic import (
