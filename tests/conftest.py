@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,16 @@ os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
 os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+
+
+LOW_DISK_GIB = 4
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    """Free disk under the temp folder, so a run that dies of a full disk says so up front."""
+    free = shutil.disk_usage(tempfile.gettempdir()).free / 2**30
+    note = "" if free >= LOW_DISK_GIB else f" (below {LOW_DISK_GIB} GiB: expect ENOSPC errors)"
+    return f"free disk in {tempfile.gettempdir()}: {free:.1f} GiB{note}"
 
 
 @pytest.fixture
