@@ -49,10 +49,14 @@ def coco(tmp_path: Path) -> CacheSource:
 
 
 def reference_dicts(source: CacheSource, name: str) -> list[dict]:
-    """What detectron2 itself hands the train loader for this file."""
-    if name not in DatasetCatalog.list():
-        register_coco_instances(name, {}, source.json_file, source.image_root)
-    return get_detection_dataset_dicts([name], filter_empty=True)
+    """What detectron2 itself hands the train loader for this file. Registered for this call
+    only: a name left in the catalog would point the next test at a deleted tmp_path."""
+    register_coco_instances(name, {}, source.json_file, source.image_root)
+    try:
+        return get_detection_dataset_dicts([name], filter_empty=True)
+    finally:
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
 
 
 def test_the_cache_holds_exactly_detectron2s_dicts(coco: CacheSource, tmp_path: Path) -> None:
