@@ -3,8 +3,9 @@
 
 - throughput: images/s of 2 nodes x 1 worker against 1 node x 1 worker (same images per
   worker), from MLflow step timestamps after the first iterations;
-- node-loss: a [1, 2] job whose second node is SIGKILLed: seconds from the kill to the next
-  logged iteration, workers before/after, final step against the plan, duplicate steps;
+- node-loss: a [1, 2] job whose second node is SIGKILLed: seconds from the kill to training
+  at 1 worker and to the next new logged step, workers before/after, final step against the
+  plan, duplicate steps;
 - grow: a [1, 2] job on one node, a node added mid-run: workers before/after, seconds from the
   node joining to the first iteration of the bigger group;
 - hang: rank 1 SIGSTOPped inside training (run.collective_timeout_s=30): seconds from SIGSTOP
@@ -14,6 +15,7 @@
   from the node's death to the next logged iteration, iterations redone.
 
     .venv/bin/python bench/multinode.py [--scenarios throughput,node-loss,grow,hang,preemption]
+                                        [--repeat N]
 """
 
 from __future__ import annotations
@@ -138,7 +140,21 @@ def throughput(tmp: Path) -> None:
           f"{rates[2]:.2f} images/s: {rates[2] / rates[1]:.2f}x", flush=True)
 
 
+def startup_after(run: Run, moment: float) -> str:
+    """The restarted worker's own account of its start-up (``worker start-up took ...``)."""
+    for log in (run.root / "output").glob("*/log.txt"):
+        lines = [line for line in log.read_text(errors="replace").splitlines()
+                 if "worker start-up took" in line]
+        if len(lines) > 1:
+            return lines[-1].split("worker start-up took ", 1)[1]
+    return "not logged"
+
+
 def node_loss(tmp: Path) -> None:
+    """The restart is timed to the first iterations at the smaller size (``plan/workers``
+    changes after the first two), as grow times its own; the next new step comes after the
+    iterations since the last checkpoint have been trained again, which the checkpoint
+    period decides, not the restart."""
     with ClusterProcess.start(2, state_path=tmp / "loss.json") as cluster:
         run = Run(tmp / "node-loss", cluster, 16, "resources.workers=[1,2]",
                   "run.max_failures=1")
@@ -146,8 +162,11 @@ def node_loss(tmp: Path) -> None:
         killed_at = time.time()
         cluster.kill_node("worker-1")
         run.wait()
-    print(f"node-loss: {next_step_after(run, killed_at):.1f} s from SIGKILL of a node to the "
-          f"next logged iteration; {run.summary(15)}", flush=True)
+    smaller = [t for _, v, t in run.history("plan/workers") if v == 1 and t > killed_at]
+    resized = f"{min(smaller) - killed_at:.1f} s" if smaller else "never"
+    print(f"node-loss: {resized} from SIGKILL of a node to training at 1 worker (its start-up:"
+          f" {startup_after(run, killed_at)}), {next_step_after(run, killed_at):.1f} s to the "
+          f"next new step; {run.summary(15)}", flush=True)
 
 
 def grow(tmp: Path) -> None:
@@ -221,12 +240,15 @@ SCENARIOS = {"throughput": throughput, "node-loss": node_loss, "grow": grow, "ha
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="run each scenario this many times (restart times vary by run)")
     args = parser.parse_args()
     for key, value in NODE_ENV.items():
         os.environ.setdefault(key, value)
-    with tempfile.TemporaryDirectory(prefix="bench-mn-") as tmp:
+    for _ in range(args.repeat):
         for name in args.scenarios.split(","):
-            SCENARIOS[name](Path(tmp))
+            with tempfile.TemporaryDirectory(prefix="bench-mn-") as tmp:
+                SCENARIOS[name](Path(tmp))
 
 
 if __name__ == "__main__":

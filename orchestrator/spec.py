@@ -328,6 +328,13 @@ class RunSpec(_Strict):
         60, gt=0, description="With resources.workers [min, max]: how often Ray looks for room to "
         "grow a running group; growing restarts it from the last checkpoint."
     )
+    worker_start_timeout_s: float | None = Field(
+        None, gt=0, allow_inf_nan=False,
+        description="How long Ray Train waits to place the worker group before it counts the "
+        "cluster again and retries at the size that fits (RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S)"
+        ". Default: 3 s for resources.workers [min, max], whose restart after a node loss is "
+        "sized for the lost node until Ray sees it gone; Ray's 60 s for a fixed count."
+    )
     pending_timeout_s: float = Field(
         900, gt=0, allow_inf_nan=False,
         description="How long the workers may wait for the cluster to place them (at start and "

@@ -20,7 +20,8 @@ from orchestrator.launch.signals import reclaim_sigterm, shielded
 from orchestrator.secrets import worker_env
 from orchestrator.spec import JobSpec
 
-__all__ = ["check_local_resources", "fit", "ray_session", "run_on_ray", "ray_run_name"]
+__all__ = ["check_local_resources", "fit", "ray_session", "ray_train_env", "run_on_ray",
+           "ray_run_name"]
 
 logger = logging.getLogger(__name__)
 
@@ -124,10 +125,27 @@ def _failure_config(job: WorkerJob) -> Any:
         max_preemption_failures=job.spec.run.max_preemptions)
 
 
+# An elastic group is sized by what Ray's resource view holds, which keeps a lost node for up
+# to ~20 s after the GCS declared it dead: each placement tried at the stale size waits this
+# long before the size is counted again (docs/faults.md: "Restart time after a node loss").
+ELASTIC_START_TIMEOUT_S = 3.0
+RAY_START_TIMEOUT_S = 60.0  # Ray Train's own default: a fixed count has no other size to try
+
+
+def ray_train_env(spec: JobSpec) -> dict[str, str]:
+    """Ray Train settings that it reads only from the environment of the driver (which hands
+    them to its controller), taken from the spec."""
+    timeout = spec.run.worker_start_timeout_s or (
+        ELASTIC_START_TIMEOUT_S if spec.resources.max_workers > spec.resources.min_workers
+        else RAY_START_TIMEOUT_S)
+    return {"RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": f"{timeout:g}"}
+
+
 def _trainer(job: WorkerJob, queue: Any, board: Any = None) -> Any:
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    os.environ.update(ray_train_env(job.spec))  # read when fit() starts the controller
     res = job.spec.resources
     resources = {"CPU": res.cpus_per_worker}
     if res.gpus_per_worker > 0:

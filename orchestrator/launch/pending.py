@@ -107,7 +107,7 @@ class PendingWatch:
                 workers = self._pending_workers()
             except Exception:  # noqa: BLE001 - Ray going away as fit() ends
                 continue
-            if not workers:  # placed, or between Ray Train's tries (a new group every 60 s)
+            if not workers:  # placed, or between Ray Train's tries (run.worker_start_timeout_s)
                 continue
             now = time.monotonic()
             since = since or now
