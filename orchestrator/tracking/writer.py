@@ -211,6 +211,14 @@ class MLflowWriter(_SenderWriter):
                 self._pending.append(held)
                 del self._held[name]
 
+    def flush(self) -> None:
+        """Send every final value now and wait until it is stored; values still held (a step
+        the next iteration can land on) stay held. Before a checkpoint is reported: a group
+        that Ray then kills (a resize, a lost node) resumes from that checkpoint, so what
+        was trained before it must be in MLflow already, or those steps would be missing."""
+        self._put_pending()
+        self._sender.flush()
+
     def close(self) -> None:
         self._release()
         self._put_pending()

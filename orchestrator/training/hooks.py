@@ -10,6 +10,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -168,11 +169,15 @@ class RayCheckpointHook(HookBase):
     to ``run.storage_path`` on its upload thread (``CheckpointUploadMode.ASYNC``) and deletes
     the staged copy, so training waits only for the local save. The last checkpoint is also
     hard-linked as ``model_final.pth`` in the output folder (no second write).
+    ``before_report``: rank 0's call that stores the metrics trained so far (MLflow writers'
+    ``flush``), made before Ray may resume anything from the checkpoint.
     """
 
-    def __init__(self, period: int, *, output_dir: str | None = None) -> None:
+    def __init__(self, period: int, *, output_dir: str | None = None,
+                 before_report: Callable[[], None] | None = None) -> None:
         self._period = period
         self._output = Path(output_dir) if output_dir else None
+        self._before_report = before_report
         self.blocked_s: list[float] = []  # rank 0: seconds training waited per checkpoint
         self.saved_iter: int | None = None  # the iteration of the last checkpoint reported
 
@@ -220,6 +225,8 @@ class RayCheckpointHook(HookBase):
         if final and self._output is not None:
             _link_or_copy(folder / CHECKPOINT_FILE, self._output / "model_final.pth")
         saved = time.perf_counter()
+        if self._before_report is not None:
+            self._before_report()
         mode = ray.train.CheckpointUploadMode
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(folder)),
                          checkpoint_dir_name=f"iter_{iteration:07d}",
@@ -227,9 +234,9 @@ class RayCheckpointHook(HookBase):
                          delete_local_checkpoint_after_upload=True)
         self.blocked_s.append(time.perf_counter() - start)
         # The split says whether a slow checkpoint is the disk (save) or the ranks' barrier.
-        logger.info("checkpoint at iteration %d: training blocked %.3f s (save %.3f s, report "
-                    "%.3f s; upload continues in the background)", iteration, self.blocked_s[-1],
-                    saved - start, self.blocked_s[-1] - (saved - start))
+        logger.info("checkpoint at iteration %d: training blocked %.3f s (save %.3f s, metrics "
+                    "and report %.3f s; upload continues in the background)", iteration,
+                    self.blocked_s[-1], saved - start, self.blocked_s[-1] - (saved - start))
 
 
 def _link_or_copy(source: Path, target: Path) -> None:

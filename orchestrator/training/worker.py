@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -139,7 +140,8 @@ def _train(job: WorkerJob, cfg: CfgNode, queue: Any, sender: BackgroundSender,
         on_eval_progress=progress.write_eval if progress is not None else None,
     )
     hooks: list[Any] = [watch] if watch is not None else []  # first: its after_train too
-    checkpoints = RayCheckpointHook(cfg.SOLVER.CHECKPOINT_PERIOD, output_dir=cfg.OUTPUT_DIR)
+    checkpoints = RayCheckpointHook(cfg.SOLVER.CHECKPOINT_PERIOD, output_dir=cfg.OUTPUT_DIR,
+                                    before_report=_metrics_flush(writers))
     hooks += [checkpoints, _preemption_hook(job, checkpoints, writers)]
     if main:
         hooks.append(ArtifactHook(tracking_uri=job.tracking_uri, run_id=job.run_id,
@@ -163,6 +165,21 @@ def _train(job: WorkerJob, cfg: CfgNode, queue: Any, sender: BackgroundSender,
         start_iter = trainer.start_iter
         sender.put(lambda: log_plan(job, start_iter))
     _profiled(trainer.train)
+
+
+def _metrics_flush(writers: list[Any]) -> Callable[[], None] | None:
+    """Rank 0's MLflow writers sent out before each checkpoint is reported (None elsewhere):
+    they send every few seconds, and a group Ray kills to resize it or after a lost node never
+    gets to flush."""
+    mlflow_writers = [w for w in writers if isinstance(w, MLflowWriter)]
+    if not mlflow_writers:
+        return None
+
+    def flush() -> None:
+        for writer in mlflow_writers:
+            writer.flush()
+
+    return flush
 
 
 def _preemption_hook(job: WorkerJob, checkpoints: RayCheckpointHook,

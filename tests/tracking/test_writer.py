@@ -126,6 +126,35 @@ def test_writes_between_sends_reach_mlflow_together_each_with_its_own_time(store
     tracker.finish("FINISHED")
 
 
+def test_flush_stores_every_final_step_at_once_and_keeps_the_held_one(store: str) -> None:
+    """What a checkpoint report does first: a group killed after it (a resize, a lost node)
+    resumes from the checkpoint, so the steps trained before it must be stored, whatever the
+    send interval. The step the next iteration can still land on stays held."""
+    from detectron2.utils.events import EventStorage
+
+    tracker = RunTracker.create(tracking_uri=store, experiment="f", run_name="f", tags={})
+    sender = BackgroundSender()
+    writer = MLflowWriter(tracking_uri=store, run_id=tracker.run_id, window_size=1,
+                          axis=StepAxis(batch=1, reference_batch=2), sender=sender,
+                          send_every_s=3600)
+    client = MlflowClient(tracking_uri=store)
+    with EventStorage(start_iter=0) as storage:
+        for it in range(5):  # iterations 2k and 2k+1 share step k
+            storage.iter = it
+            storage.put_scalar("total_loss", float(it))
+            writer.write()
+            storage.step()
+            if it == 3:
+                writer.flush()
+                assert _points(client, tracker.run_id, "total_loss") == [(0, 1.0), (1, 3.0)]
+        writer.flush()  # iteration 4's step 2 is not final: iteration 5 could replace it
+        assert _points(client, tracker.run_id, "total_loss") == [(0, 1.0), (1, 3.0)]
+        writer.close()
+    assert _points(client, tracker.run_id, "total_loss") == [(0, 1.0), (1, 3.0), (2, 4.0)]
+    sender.close()
+    tracker.finish("FINISHED")
+
+
 def _train_toy(store: str, axis: StepAxis, iters: int, *, period: int = 1,
                eval_at: int = -1) -> tuple[MlflowClient, str]:
     """A toy training of ``iters`` iterations written every ``period`` at ``axis``; an AP is
