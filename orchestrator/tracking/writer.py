@@ -70,10 +70,17 @@ class BackgroundSender:
             raise RuntimeError("BackgroundSender is closed")
         self._queue.put(call)
 
-    def flush(self) -> None:
-        """Wait until everything queued so far has been sent (or given up on)."""
-        if self._thread.is_alive():
+    def flush(self, timeout_s: float | None = None) -> bool:
+        """Wait until everything queued so far has been sent (or given up on); with
+        ``timeout_s``, at most that long. Returns whether it all went."""
+        if not self._thread.is_alive():
+            return True
+        if timeout_s is None:
             self._queue.join()
+            return True
+        done = threading.Event()
+        self.put(done.set)  # runs after everything queued before it
+        return done.wait(timeout_s)
 
     def close(self) -> None:
         """Flush, then stop the thread. Idempotent."""
@@ -211,13 +218,16 @@ class MLflowWriter(_SenderWriter):
                 self._pending.append(held)
                 del self._held[name]
 
-    def flush(self) -> None:
+    def flush(self, timeout_s: float = 30.0) -> None:
         """Send every final value now and wait until it is stored; values still held (a step
         the next iteration can land on) stay held. Before a checkpoint is reported: a group
         that Ray then kills (a resize, a lost node) resumes from that checkpoint, so what
-        was trained before it must be in MLflow already, or those steps would be missing."""
+        was trained before it must be in MLflow already, or those steps would be missing.
+        A tracking store that does not answer holds training up for ``timeout_s`` at most."""
         self._put_pending()
-        self._sender.flush()
+        if not self._sender.flush(timeout_s):
+            logger.warning("metrics not stored after %g s (the tracking store is slow or "
+                           "down): a restart from this checkpoint may miss some", timeout_s)
 
     def close(self) -> None:
         self._release()

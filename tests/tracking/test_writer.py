@@ -46,6 +46,19 @@ def test_the_queue_is_bounded_and_put_waits_for_room() -> None:
     assert sender.pending() == 0
 
 
+def test_a_bounded_flush_gives_up_on_a_stuck_store_and_the_calls_still_go_later() -> None:
+    """A checkpoint flushes the metrics first: a tracking store that hangs must hold training
+    up for the bound only, and nothing queued is lost for it."""
+    sender = BackgroundSender()
+    release, seen = threading.Event(), []
+    sender.put(release.wait)  # a store that does not answer
+    sender.put(lambda: seen.append("metrics"))
+    assert sender.flush(timeout_s=0.2) is False and seen == []
+    release.set()
+    assert sender.flush(timeout_s=30) is True and seen == ["metrics"]
+    sender.close()
+
+
 def test_a_failing_call_is_retried_then_skipped_and_the_rest_still_sent() -> None:
     sender = BackgroundSender(retries=2, retry_wait_s=0.01)
     attempts: list[str] = []
