@@ -236,9 +236,7 @@ def kill_node(path: Path, name: str, *, gone_ok: bool = False) -> int:
     ``gone_ok`` (a drained node's raylet exits by itself once it is idle)."""
     with locked(_lock(path)):
         state = read_state(path)
-        nodes = {n["name"]: n for n in state["nodes"]}
-        if name not in nodes:
-            raise InputError(f"{name}: no such node (nodes: {', '.join(nodes)})")
+        nodes = _nodes_by_name(state, name)
         alive = [n for n, node in nodes.items() if not node.get("killed")]
         pids = node_processes(nodes[name]["pids"])
         if nodes[name].get("killed") or not pids:
@@ -253,12 +251,18 @@ def kill_node(path: Path, name: str, *, gone_ok: bool = False) -> int:
     return len(pids)
 
 
-def _living_node(path: Path, name: str) -> dict[str, Any]:
-    """The state file's record of node ``name``; an unknown or killed node is bad input."""
-    state = read_state(path)
+def _nodes_by_name(state: dict[str, Any], name: str) -> dict[str, dict[str, Any]]:
+    """The state's node records by name; asking for an unknown ``name`` is bad input."""
     nodes = {n["name"]: n for n in state["nodes"]}
     if name not in nodes:
         raise InputError(f"{name}: no such node (nodes: {', '.join(nodes)})")
+    return nodes
+
+
+def _living_node(path: Path, name: str) -> dict[str, Any]:
+    """The state file's record of node ``name``; an unknown or killed node is bad input."""
+    state = read_state(path)
+    nodes = _nodes_by_name(state, name)
     if nodes[name].get("killed") or not node_processes(nodes[name]["pids"]):
         raise InputError(f"{name}: killed already")
     return {**nodes[name], "gcs_address": state["gcs_address"]}

@@ -167,17 +167,21 @@ def _train(job: WorkerJob, cfg: CfgNode, queue: Any, sender: BackgroundSender,
     _profiled(trainer.train)
 
 
-def _metrics_flush(writers: list[Any]) -> Callable[[], None] | None:
-    """Rank 0's MLflow writers sent out before each checkpoint is reported (None elsewhere):
-    they send every few seconds, and a group Ray kills to resize it or after a lost node never
-    gets to flush."""
+def _metrics_flush(writers: list[Any], *, release_held: bool = False) -> Callable[[], None] | None:
+    """Rank 0's MLflow writers sent out now (None on other ranks): they send every few
+    seconds, and a group Ray kills (a resize, a lost node, a preemption) never gets to flush.
+    Before a checkpoint report the values still held stay held (the next iteration can land
+    on their step); ``release_held`` sends them too, when training goes no further."""
     mlflow_writers = [w for w in writers if isinstance(w, MLflowWriter)]
     if not mlflow_writers:
         return None
 
     def flush() -> None:
         for writer in mlflow_writers:
-            writer.flush()
+            if release_held:
+                writer.close()  # the sender is shared: it keeps running
+            else:
+                writer.flush()
 
     return flush
 
@@ -185,17 +189,11 @@ def _metrics_flush(writers: list[Any]) -> Callable[[], None] | None:
 def _preemption_hook(job: WorkerJob, checkpoints: RayCheckpointHook,
                      writers: list[Any]) -> PreemptionHook:
     """On in every run: a preemption or a SIGTERM can reach any worker of any launcher.
-    Rank 0 (the one with ``writers``) records it and, before waiting for the reclaim, sends
-    the metrics its MLflow writer holds back (it sends every few seconds)."""
-    mlflow_writers = [w for w in writers if isinstance(w, MLflowWriter)]
-
-    def flush() -> None:
-        for writer in mlflow_writers:
-            writer.close()  # sends what is pending; the sender is shared and keeps running
-
+    Rank 0 (the one with ``writers``) records it and sends every metric it holds before
+    waiting for the reclaim."""
     record = preemption_recorder(job.tracking_uri, job.run_id) if writers else None
     return PreemptionHook(checkpoints, every=job.spec.run.preemption_check_every,
-                          record=record, flush=flush)
+                          record=record, flush=_metrics_flush(writers, release_held=True))
 
 
 def _profiled(train: Any) -> None:
